@@ -1,0 +1,259 @@
+"""Plan -> compiled functions: init, train, eval and predict steps.
+
+The step functions are pure; :class:`Executor` compiles each once per input
+shape with the shardings the Plan gives (parameters created inside jit with
+their out_shardings, train state donated).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from hybridnet import metrics as metrics_lib
+from hybridnet import optimizers as optimizers_lib
+from hybridnet.planner.plan import Plan
+
+
+class LossContainer:
+    """Per-output losses with weights; returns the total and per-output values."""
+
+    def __init__(self, losses: Sequence, weights: Sequence[float], output_names: Sequence[str]):
+        self.losses = list(losses)
+        self.weights = list(weights)
+        self.output_names = list(output_names)
+
+    def __call__(self, y_true: list, y_pred: list, sample_weight: list, masks: list):
+        total, parts = 0.0, {}
+        for i, (fn, w) in enumerate(zip(self.losses, self.weights)):
+            if fn is None:
+                continue
+            value = fn(y_true[i], y_pred[i], sample_weight=sample_weight[i], mask=masks[i])
+            parts[self.output_names[i]] = value
+            total = total + w * value
+        return total, parts
+
+
+class MetricsContainer:
+    """The loss tracker(s) and the compiled metrics of every output, keyed by log name."""
+
+    def __init__(self, per_output: Sequence[Sequence[Any]], output_names: Sequence[str]):
+        multi = len(output_names) > 1
+        self.trackers = {"loss": metrics_lib.Mean(name="loss")}
+        if multi:
+            self.trackers.update({f"{n}_loss": metrics_lib.Mean(name=f"{n}_loss")
+                                  for n in output_names})
+        self.per_output = [{(f"{n}_{m.name}" if multi else m.name): m for m in ms}
+                           for n, ms in zip(output_names, per_output)]
+        self.output_names = list(output_names)
+        self.entries = dict(self.trackers)
+        for metrics in self.per_output:
+            self.entries.update(metrics)
+        self.names = list(self.entries)
+
+    def init(self) -> dict:
+        return {key: m.init() for key, m in self.entries.items()}
+
+    def update(self, state, loss, parts, batch_size, y_true, y_pred, sample_weight, masks):
+        state = dict(state)
+        n = jnp.asarray(batch_size, jnp.float32)
+        state["loss"] = self.trackers["loss"].update(state["loss"], loss, sample_weight=n)
+        for name, value in parts.items():
+            key = f"{name}_loss"
+            if key in self.trackers:
+                state[key] = self.trackers[key].update(state[key], value, sample_weight=n)
+        for i, metrics in enumerate(self.per_output):
+            for key, m in metrics.items():
+                state[key] = m.update(state[key], y_true[i], y_pred[i],
+                                      sample_weight=sample_weight[i], mask=masks[i])
+        return state
+
+    def results(self, state) -> dict:
+        return {key: m.result(state[key]) for key, m in self.entries.items()}
+
+
+def _as_list(tree, n: int, what: str) -> list:
+    if n == 1 and not isinstance(tree, (list, tuple)):
+        return [tree]
+    if tree is None:
+        return [None] * n
+    if isinstance(tree, (list, tuple)) and len(tree) == n:
+        return list(tree)
+    raise ValueError(f"Expected {what} for {n} model outputs. Received: {type(tree).__name__}"
+                     + (f" of length {len(tree)}" if isinstance(tree, (list, tuple)) else ""))
+
+
+class Executor:
+    """Compiles and runs the steps of one model under one Plan.
+
+    Args:
+        run: ``(weights, inputs, training, rng) -> (outputs, masks, updates)``, pure.
+        plan: where everything lives.
+        trainable: layer -> weight -> bool, which weights get gradients.
+        optimizer: an ``optax.GradientTransformation`` (or None for inference only).
+        loss: a LossContainer (or None); metrics: a MetricsContainer.
+    """
+
+    def __init__(self, run: Callable, plan: Plan, trainable: dict, optimizer=None, loss=None,
+                 metrics: MetricsContainer | None = None, num_outputs: int = 1):
+        self.run = run
+        self.plan = plan
+        self.mesh = plan.mesh()
+        self.trainable = trainable
+        self.tx = optimizer
+        self.loss = loss
+        self.metrics = metrics
+        self.num_outputs = num_outputs
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        weight_sh = plan.weight_shardings(self.mesh)
+        self.params_sharding = _select(weight_sh, trainable, True)
+        self.state_sharding = _select(weight_sh, trainable, False)
+        self._compiled: dict = {}
+
+    # ------------------------------------------------------------ placement
+    def place_variables(self, params, state):
+        """Moves existing arrays to the Plan's shardings."""
+        return (jax.device_put(params, self.params_sharding),
+                jax.device_put(state, self.state_sharding))
+
+    def init_opt_state(self, params):
+        shardings = jax.tree_util.tree_map(lambda _: self.replicated,
+                                           jax.eval_shape(self.tx.init, params))
+        return jax.jit(self.tx.init, out_shardings=shardings)(params)
+
+    def init_metrics(self):
+        return jax.device_put(self.metrics.init(), self.replicated)
+
+    def batch_sharding(self, batch_size: int):
+        return self.plan.batch_sharding(self.mesh, batch_size)
+
+    # ---------------------------------------------------------- pure steps
+    def _loss_fn(self, params, state, x, y, sw, rng):
+        outputs, masks, updates = self.run({**_merge(params, state)}, x, training=True, rng=rng)
+        y_true = _as_list(y, self.num_outputs, "targets")
+        sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
+            [None] * self.num_outputs)
+        loss, parts = self.loss(y_true, outputs, sws, masks)
+        new_state = _apply_updates(state, updates)
+        return loss, (parts, outputs, masks, new_state, y_true, sws)
+
+    def _train_step(self, ts, x, y, sw):
+        rng = jax.random.fold_in(ts["rng"], ts["step"])
+        grad_fn = jax.value_and_grad(self._loss_fn, has_aux=True)
+        (loss, (parts, outputs, masks, new_state, y_true, sws)), grads = grad_fn(
+            ts["params"], ts["state"], x, y, sw, rng)
+        updates, opt_state = self.tx.update(grads, ts["opt_state"], ts["params"])
+        params = optax.apply_updates(ts["params"], updates)
+        batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
+        metrics = self.metrics.update(ts["metrics"], loss, parts, batch_size, y_true, outputs, sws,
+                                      masks)
+        return {**ts, "params": params, "state": new_state, "opt_state": opt_state,
+                "metrics": metrics, "step": ts["step"] + 1}
+
+    def _train_steps(self, ts, xs, ys, sws):
+        def body(carry, batch):
+            return self._train_step(carry, *batch), None
+        ts, _ = jax.lax.scan(body, ts, (xs, ys, sws))
+        return ts
+
+    def _eval_step(self, params, state, mstate, x, y, sw):
+        outputs, masks, _ = self.run(_merge(params, state), x, training=False, rng=None)
+        y_true = _as_list(y, self.num_outputs, "targets")
+        sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
+            [None] * self.num_outputs)
+        loss, parts = self.loss(y_true, outputs, sws, masks)
+        batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
+        return self.metrics.update(mstate, loss, parts, batch_size, y_true, outputs, sws, masks)
+
+    def _predict_step(self, params, state, x):
+        outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None)
+        return outputs
+
+    # ---------------------------------------------------------- compiled
+    def _jit(self, kind: str, batch_size: int, build: Callable):
+        key = (kind, self.batch_sharding(batch_size).spec)
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = self._compiled[key] = build(self.batch_sharding(batch_size))
+        return fn
+
+    def train_state_sharding(self, ts):
+        return {"params": self.params_sharding, "state": self.state_sharding,
+                "opt_state": jax.tree_util.tree_map(lambda _: self.replicated, ts["opt_state"]),
+                "metrics": jax.tree_util.tree_map(lambda _: self.replicated, ts["metrics"]),
+                "step": self.replicated, "rng": self.replicated}
+
+    def train(self, ts, x, y, sw, batch_size: int):
+        def build(batch_sh):
+            ts_sh = self.train_state_sharding(ts)
+            return jax.jit(self._train_step, in_shardings=(ts_sh, batch_sh, batch_sh, batch_sh),
+                           out_shardings=ts_sh, donate_argnums=0)
+        return self._jit("train", batch_size, build)(ts, x, y, sw)
+
+    def train_many(self, ts, xs, ys, sws, batch_size: int):
+        """Runs ``len(xs)`` steps in one dispatch (Keras ``steps_per_execution``)."""
+        def build(batch_sh):
+            ts_sh = self.train_state_sharding(ts)
+            stacked = NamedSharding(self.mesh, PartitionSpec(None, *batch_sh.spec))
+            return jax.jit(self._train_steps, in_shardings=(ts_sh, stacked, stacked, stacked),
+                           out_shardings=ts_sh, donate_argnums=0)
+        return self._jit("train_many", batch_size, build)(ts, xs, ys, sws)
+
+    def evaluate(self, params, state, mstate, x, y, sw, batch_size: int):
+        def build(batch_sh):
+            m_sh = jax.tree_util.tree_map(lambda _: self.replicated, mstate)
+            return jax.jit(self._eval_step, in_shardings=(
+                self.params_sharding, self.state_sharding, m_sh, batch_sh, batch_sh, batch_sh),
+                out_shardings=m_sh, donate_argnums=2)
+        return self._jit("eval", batch_size, build)(params, state, mstate, x, y, sw)
+
+    def predict(self, params, state, x, batch_size: int):
+        def build(batch_sh):
+            return jax.jit(self._predict_step, in_shardings=(
+                self.params_sharding, self.state_sharding, batch_sh))
+        return self._jit("predict", batch_size, build)(params, state, x)
+
+    def results(self, mstate) -> dict:
+        fn = self._compiled.get("results")
+        if fn is None:
+            fn = self._compiled["results"] = jax.jit(self.metrics.results)
+        return fn(mstate)
+
+
+def _merge(params: dict, state: dict) -> dict:
+    out = {k: dict(v) for k, v in params.items()}
+    for layer, values in state.items():
+        out.setdefault(layer, {}).update(values)
+    return out
+
+
+def _select(tree: dict, trainable: dict, want: bool) -> dict:
+    out = {}
+    for layer, values in tree.items():
+        picked = {w: v for w, v in values.items() if trainable[layer][w] == want}
+        if picked:
+            out[layer] = picked
+    return out
+
+
+def _apply_updates(state: dict, updates: dict) -> dict:
+    if not updates:
+        return state
+    out = {k: dict(v) for k, v in state.items()}
+    for layer, values in updates.items():
+        for w, v in values.items():
+            if layer in out and w in out[layer]:
+                out[layer][w] = v.astype(out[layer][w].dtype)
+    return out
+
+
+def split_trainable(variables: dict, trainable: dict):
+    return _select(variables, trainable, True), _select(variables, trainable, False)
+
+
+__all__ = ["Executor", "LossContainer", "MetricsContainer", "split_trainable"]

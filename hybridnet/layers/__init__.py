@@ -1,0 +1,39 @@
+"""Keras-named layers. Every layer is configuration plus pure ``build``/``call``."""
+from hybridnet.layers.base import Input, InputLayer, KerasTensor, Layer, Node, WeightSpec, init_weights
+from hybridnet.layers.core import Activation, Dense, Dropout, Flatten, Reshape
+from hybridnet.layers.attention import Attention
+from hybridnet.layers.conv import Conv2D
+from hybridnet.layers.embedding import Embedding
+from hybridnet.layers.merging import Add, Average, Concatenate, Multiply
+from hybridnet.layers.normalization import BatchNormalization, LayerNormalization
+from hybridnet.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+                                      MaxPooling2D)
+from hybridnet.layers.recurrent import LSTM, Bidirectional
+from hybridnet.layers.reshaping import ZeroPadding2D
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register_layer(cls: type) -> type:
+    """Registers a custom layer class so saved models that use it can be loaded.
+
+    Example:
+        >>> @register_layer
+        ... class Scale(Layer): ...
+    """
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def get_layer_class(class_name: str) -> type:
+    if class_name not in _REGISTRY:
+        raise ValueError(f"Unknown layer class '{class_name}'. Register custom layers with "
+                         f"hybridnet.layers.register_layer. Known: {sorted(_REGISTRY)}")
+    return _REGISTRY[class_name]
+
+
+for _cls in [InputLayer, Activation, Dense, Dropout, Flatten, Reshape,
+             Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+             ZeroPadding2D, BatchNormalization, LayerNormalization, Embedding, LSTM,
+             Bidirectional, Add, Concatenate, Multiply, Average, Attention]:
+    register_layer(_cls)

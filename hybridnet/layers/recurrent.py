@@ -1,0 +1,430 @@
+"""Recurrent layers: LSTM (lax.scan) and the Bidirectional wrapper."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from hybridnet import activations, initializers
+from hybridnet.layers.base import Layer
+from hybridnet.layers.conv import _owner
+
+_KERNEL_CHOICES = ("xla", "pallas", "auto")
+
+
+def _lstm_bias_initializer(units: int, bias_initializer, owner: str):
+    """Keras' ``unit_forget_bias``: [init(units), ones(units), init(2 * units)]."""
+    base = initializers.get(bias_initializer, owner=owner)
+
+    def init(key, shape, dtype=jnp.float32):
+        k1, k2 = jax.random.split(key)
+        return jnp.concatenate([base(k1, (units,), dtype), jnp.ones((units,), dtype),
+                                base(k2, (2 * units,), dtype)])
+    return init
+
+
+def lstm_recurrence(xw, recurrent_kernel, h0, c0, mask=None, *, activation=jnp.tanh,
+                    recurrent_activation=jax.nn.sigmoid, reverse=False,
+                    zero_output_for_mask=False, recurrent_dropout_mask=None):
+    """The LSTM time loop after the input projection, with Keras 3 (JAX) semantics.
+
+    Args:
+        xw: ``(T, B, 4U)`` time-major ``x @ kernel + bias``; gates ordered i, f, c, o.
+        recurrent_kernel: ``(U, 4U)``.
+        h0, c0: ``(B, U)`` initial states.
+        mask: optional ``(T, B)`` bool; at a masked step the states are carried
+            over and the output is the previous ``h`` (or zeros if
+            ``zero_output_for_mask``).
+        reverse: process the sequence from the end (``go_backwards``).
+        recurrent_dropout_mask: optional ``(B, U)`` multiplier applied to ``h``
+            before the recurrent matmul.
+
+    Returns:
+        ``(outputs, h, c)`` with ``outputs`` ``(T, B, U)`` in *processing* order
+        (reversed when ``reverse``), as Keras returns them.
+    """
+    def step(carry, inp):
+        h, c = carry
+        z_t, m_t = inp
+        h_in = h if recurrent_dropout_mask is None else h * recurrent_dropout_mask
+        z = z_t + jnp.matmul(h_in, recurrent_kernel)
+        zi, zf, zc, zo = jnp.split(z, 4, axis=-1)
+        i = recurrent_activation(zi)
+        f = recurrent_activation(zf)
+        o = recurrent_activation(zo)
+        c_new = f * c + i * activation(zc)
+        h_new = o * activation(c_new)
+        if m_t is None:
+            return (h_new, c_new), h_new
+        m = m_t[:, None]
+        out = jnp.where(m, h_new, jnp.zeros_like(h_new) if zero_output_for_mask else h)
+        return (jnp.where(m, h_new, h), jnp.where(m, c_new, c)), out
+
+    (h, c), outputs = lax.scan(step, (h0, c0), (xw, mask), reverse=reverse)
+    if reverse:
+        outputs = jnp.flip(outputs, axis=0)
+    return outputs, h, c
+
+
+class LSTM(Layer):
+    """Long short-term memory layer (Hochreiter 1997), as ``keras.layers.LSTM``.
+
+    Gates are ordered i, f, c, o in ``kernel`` ``(features, 4*units)``,
+    ``recurrent_kernel`` ``(units, 4*units)`` and ``bias`` ``(4*units,)``.
+    The input projection for all steps is one matmul before a ``lax.scan``.
+
+    Masking follows Keras 3: at masked steps ``h`` and ``c`` are carried over and
+    the sequence output repeats the previous ``h`` (zeros if
+    ``zero_output_for_mask``). With ``go_backwards`` the returned sequence is in
+    reversed (processing) order, as in Keras.
+
+    Args:
+        units: size of the hidden state.
+        activation, recurrent_activation: names or callables (tanh, sigmoid).
+        use_bias: add a bias.
+        kernel_initializer, recurrent_initializer, bias_initializer: names
+            (glorot_uniform, orthogonal, zeros).
+        unit_forget_bias: initialise the forget-gate bias to ones.
+        dropout: fraction of the inputs dropped in training (one mask per
+            sequence, shared by all steps, as Keras).
+        recurrent_dropout: fraction of ``h`` dropped before the recurrent matmul
+            in training (one ``(batch, units)`` mask shared by all steps).
+        seed: optional int folded into the dropout key.
+        return_sequences: return the whole sequence ``(B, T, U)`` instead of ``(B, U)``.
+        return_state: also return the final ``h`` and ``c``: ``[output, h, c]``.
+        go_backwards: process the sequence backwards.
+        zero_output_for_mask: output zeros at masked steps (used by Bidirectional).
+        kernel: implementation, ``"xla"``, ``"pallas"`` or ``"auto"``; see :meth:`_recurrence`.
+
+    Call arguments:
+        x: ``(B, T, features)``.
+        initial_state: optional ``[h0, c0]``, each ``(B, units)``.
+        mask: optional ``(B, T)`` bool.
+
+    Example:
+        >>> x = Input((20, 8))
+        >>> seq, h, c = LSTM(16, return_sequences=True, return_state=True)(x)
+    """
+
+    supports_masking = True
+
+    def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias: bool = True, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 unit_forget_bias: bool = True, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, seed: int | None = None,
+                 return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, zero_output_for_mask: bool = False,
+                 kernel="xla", **kwargs):
+        super().__init__(**kwargs)
+        owner = _owner(self)
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"{owner}: `units` must be a positive int. Received: units={units!r}")
+        for arg, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{owner}: `{arg}` must be in [0, 1). Received: {arg}={rate!r}")
+        if kernel not in _KERNEL_CHOICES:
+            raise ValueError(f"{owner}: `kernel` must be one of {_KERNEL_CHOICES}. "
+                             f"Received: kernel={kernel!r}")
+        self.units = int(units)
+        self.activation = activations.get(activation, owner=owner)
+        self.recurrent_activation = activations.get(recurrent_activation, owner=owner)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = kernel_initializer
+        self.recurrent_initializer = recurrent_initializer
+        self.bias_initializer = bias_initializer
+        self.unit_forget_bias = bool(unit_forget_bias)
+        self.dropout = float(dropout)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.seed = seed
+        self.return_sequences = bool(return_sequences)
+        self.return_state = bool(return_state)
+        self.go_backwards = bool(go_backwards)
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.kernel = kernel
+
+    def _check_input(self, input_shape):
+        if isinstance(input_shape, list):
+            raise ValueError(f"{_owner(self)} expects a single sequence input. "
+                             f"Received: {len(input_shape)} inputs")
+        if len(input_shape) != 3:
+            raise ValueError(f"{_owner(self)} expects inputs of rank 3 (batch, timesteps, "
+                             f"features). Received: input.shape={tuple(input_shape)}")
+        if input_shape[-1] is None:
+            raise ValueError(f"{_owner(self)} needs a known feature dimension. "
+                             f"Received: input.shape={tuple(input_shape)}")
+        if self.built and input_shape[-1] != self.input_shape[-1]:
+            raise ValueError(f"{_owner(self)} expects {self.input_shape[-1]} features. "
+                             f"Received: input.shape={tuple(input_shape)}")
+
+    def build(self, input_shape):
+        u4 = 4 * self.units
+        self.add_weight("kernel", (input_shape[-1], u4), self.kernel_initializer,
+                        axes=("embed", "lstm_gates"))
+        self.add_weight("recurrent_kernel", (self.units, u4), self.recurrent_initializer,
+                        axes=("lstm_hidden", "lstm_gates"))
+        if self.use_bias:
+            init = (_lstm_bias_initializer(self.units, self.bias_initializer, _owner(self))
+                    if self.unit_forget_bias else self.bias_initializer)
+            self.add_weight("bias", (u4,), init, axes=("lstm_gates",))
+
+    def _implementation(self) -> str:
+        return "xla" if self.kernel == "auto" else self.kernel
+
+    def _recurrence(self, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout_mask):
+        """The time loop; the one place a custom kernel (``hybridnet.kernels``) plugs in.
+
+        Same contract as :func:`lstm_recurrence` (time-major in and out).
+        """
+        if self._implementation() != "xla":
+            raise NotImplementedError(f"{_owner(self)}: kernel={self.kernel!r} is not wired "
+                                      "to hybridnet.kernels yet; use kernel='xla'.")
+        return lstm_recurrence(xw, recurrent_kernel, h0, c0, mask,
+                               activation=self.activation,
+                               recurrent_activation=self.recurrent_activation,
+                               reverse=self.go_backwards,
+                               zero_output_for_mask=self.zero_output_for_mask,
+                               recurrent_dropout_mask=recurrent_dropout_mask)
+
+    def call(self, weights, x, *, initial_state=None, mask=None, training=False, rng=None):
+        batch = x.shape[0]
+        rec_mask = None
+        if training and (self.dropout > 0 or self.recurrent_dropout > 0):
+            if rng is None:
+                raise ValueError(f"{_owner(self)} needs an rng in training mode with dropout.")
+            if self.seed is not None:
+                rng = jax.random.fold_in(rng, self.seed)
+            k_in, k_rec = jax.random.split(rng)
+            if self.dropout > 0:
+                keep = jax.random.bernoulli(k_in, 1.0 - self.dropout, (batch, 1, x.shape[-1]))
+                x = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+            if self.recurrent_dropout > 0:
+                keep = jax.random.bernoulli(k_rec, 1.0 - self.recurrent_dropout,
+                                            (batch, self.units))
+                rec_mask = keep.astype(x.dtype) / (1.0 - self.recurrent_dropout)
+        if initial_state is None:
+            h0 = jnp.zeros((batch, self.units), x.dtype)
+            c0 = jnp.zeros((batch, self.units), x.dtype)
+        else:
+            if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
+                raise ValueError(f"{_owner(self)}: `initial_state` must be a list [h, c]. "
+                                 f"Received: {type(initial_state).__name__} of length "
+                                 f"{len(initial_state) if hasattr(initial_state, '__len__') else '?'}")
+            h0, c0 = (jnp.asarray(s, x.dtype) for s in initial_state)
+        # The input projection of every step at once: (B, T, F) @ (F, 4U).
+        xw = jnp.matmul(x, weights["kernel"])
+        if self.use_bias:
+            xw = xw + weights["bias"]
+        xw = jnp.swapaxes(xw, 0, 1)  # time-major (T, B, 4U)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        tmask = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
+        outputs, h, c = self._recurrence(xw, weights["recurrent_kernel"], h0, c0, tmask,
+                                         rec_mask)
+        output = jnp.swapaxes(outputs, 0, 1) if self.return_sequences else outputs[-1]
+        if self.return_state:
+            return [output, h, c]
+        return output
+
+    def compute_output_shape(self, input_shape):
+        batch, steps = input_shape[0], input_shape[1]
+        out = (batch, steps, self.units) if self.return_sequences else (batch, self.units)
+        if self.return_state:
+            return [out, (batch, self.units), (batch, self.units)]
+        return out
+
+    def compute_mask(self, inputs, mask):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        out = mask if self.return_sequences else None
+        if self.return_state:
+            return [out, None, None]
+        return out
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units,
+                "activation": activations.serialize(self.activation),
+                "recurrent_activation": activations.serialize(self.recurrent_activation),
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
+                "recurrent_initializer": self.recurrent_initializer,
+                "bias_initializer": self.bias_initializer,
+                "unit_forget_bias": self.unit_forget_bias, "dropout": self.dropout,
+                "recurrent_dropout": self.recurrent_dropout, "seed": self.seed,
+                "return_sequences": self.return_sequences, "return_state": self.return_state,
+                "go_backwards": self.go_backwards,
+                "zero_output_for_mask": self.zero_output_for_mask, "kernel": self.kernel}
+
+
+def _serialize(layer: Layer) -> dict:
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def _deserialize(config: dict) -> Layer:
+    from hybridnet.layers import get_layer_class  # late import: the registry imports us
+    return get_layer_class(config["class_name"]).from_config(copy.deepcopy(config["config"]))
+
+
+def _removeprefix(name: str, prefix: str) -> str:
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+class Bidirectional(Layer):
+    """Runs a recurrent layer forwards and a copy of it backwards and merges the outputs.
+
+    The backward layer is rebuilt from the forward layer's config with
+    ``go_backwards=True`` unless ``backward_layer`` is given. Weights are named
+    ``forward_<w>`` and ``backward_<w>``. With ``return_sequences`` the backward
+    sequence is flipped back to input order and both layers output zeros at
+    masked steps (Keras forces ``zero_output_for_mask = return_sequences``).
+
+    Args:
+        layer: an ``LSTM`` (any layer with ``go_backwards``, ``return_sequences``,
+            ``return_state`` and ``from_config``).
+        merge_mode: ``"concat"`` (default), ``"sum"``, ``"mul"``, ``"ave"`` or
+            None (a list ``[forward, backward]``).
+        backward_layer: optional explicit backward layer (must have
+            ``go_backwards`` different from ``layer``).
+
+    Outputs: the merged output; with ``return_state``
+    ``[output, h_f, c_f, h_b, c_b]`` (``[out_f, out_b, h_f, c_f, h_b, c_b]`` when
+    ``merge_mode`` is None).
+
+    Example:
+        >>> x = Input((20, 8))
+        >>> Bidirectional(LSTM(16, return_sequences=True))(x)  # (None, 20, 32)
+    """
+
+    supports_masking = True
+
+    def __init__(self, layer: Layer, merge_mode="concat", backward_layer: Layer | None = None,
+                 **kwargs):
+        if isinstance(layer, dict):
+            layer = _deserialize(layer)
+        if isinstance(backward_layer, dict):
+            backward_layer = _deserialize(backward_layer)
+        super().__init__(**kwargs)
+        owner = _owner(self)
+        if not isinstance(layer, Layer) or not hasattr(layer, "go_backwards"):
+            raise ValueError(f"{owner}: `layer` must be a recurrent hybridnet layer such as "
+                             f"LSTM. Received: layer={layer!r}")
+        if backward_layer is not None and not isinstance(backward_layer, Layer):
+            raise ValueError(f"{owner}: `backward_layer` must be a layer. "
+                             f"Received: backward_layer={backward_layer!r}")
+        if merge_mode not in ("sum", "mul", "ave", "concat", None):
+            raise ValueError(f"{owner}: invalid `merge_mode`; expected one of "
+                             f"'sum', 'mul', 'ave', 'concat' or None. "
+                             f"Received: merge_mode={merge_mode!r}")
+        config = layer.get_config()
+        config["name"] = "forward_" + _removeprefix(layer.name, "forward_")
+        self.forward_layer = type(layer).from_config(copy.deepcopy(config))
+        if backward_layer is None:
+            config = layer.get_config()
+            config["go_backwards"] = True
+            config["name"] = "backward_" + _removeprefix(layer.name, "backward_")
+            self.backward_layer = type(layer).from_config(copy.deepcopy(config))
+        else:
+            self.backward_layer = backward_layer
+        if self.forward_layer.go_backwards == self.backward_layer.go_backwards:
+            raise ValueError(f"{owner}: forward and backward layers should have different "
+                             f"`go_backwards` values. Received: forward_layer.go_backwards="
+                             f"{self.forward_layer.go_backwards}, backward_layer.go_backwards="
+                             f"{self.backward_layer.go_backwards}")
+        for attr in ("return_sequences", "return_state"):
+            fv, bv = getattr(self.forward_layer, attr), getattr(self.backward_layer, attr)
+            if fv != bv:
+                raise ValueError(f"{owner}: forward and backward layers must have the same "
+                                 f"`{attr}`. Received: {fv} (forward) and {bv} (backward)")
+        for sub in (self.forward_layer, self.backward_layer):
+            if hasattr(sub, "zero_output_for_mask"):
+                sub.zero_output_for_mask = sub.return_sequences
+        self.merge_mode = merge_mode
+        self.return_sequences = self.forward_layer.return_sequences
+        self.return_state = self.forward_layer.return_state
+
+    def _check_input(self, input_shape):
+        self.forward_layer._check_input(input_shape)
+
+    def build(self, input_shape):
+        for prefix, sub in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
+            sub._maybe_build(input_shape)
+            for spec in sub.weight_specs.values():
+                name = prefix + spec.name
+                self.weight_specs[name] = dataclasses.replace(
+                    spec, name=name, trainable=spec.trainable and self.trainable)
+
+    @staticmethod
+    def _sub_weights(weights: dict, prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+    def call(self, weights, x, *, initial_state=None, mask=None, training=False, rng=None):
+        fw_state = bw_state = None
+        if initial_state is not None:
+            half = len(initial_state) // 2
+            fw_state, bw_state = list(initial_state[:half]), list(initial_state[half:])
+        rng_f = rng_b = None
+        if rng is not None:
+            rng_f, rng_b = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+        y, _ = self.forward_layer.apply(self._sub_weights(weights, "forward_"), x,
+                                        training=training, rng=rng_f, mask=mask,
+                                        initial_state=fw_state)
+        y_rev, _ = self.backward_layer.apply(self._sub_weights(weights, "backward_"), x,
+                                             training=training, rng=rng_b, mask=mask,
+                                             initial_state=bw_state)
+        states = []
+        if self.return_state:
+            states = list(y[1:]) + list(y_rev[1:])
+            y, y_rev = y[0], y_rev[0]
+        if self.return_sequences:
+            y_rev = jnp.flip(y_rev, axis=1)
+        if self.merge_mode == "concat":
+            output = [jnp.concatenate([y, y_rev], axis=-1)]
+        elif self.merge_mode == "sum":
+            output = [y + y_rev]
+        elif self.merge_mode == "ave":
+            output = [(y + y_rev) / 2]
+        elif self.merge_mode == "mul":
+            output = [y * y_rev]
+        else:
+            output = [y, y_rev]
+        output = output + states
+        return output[0] if len(output) == 1 else output
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        states = []
+        if self.return_state:
+            shape, states = shape[0], list(shape[1:])
+        if self.merge_mode == "concat":
+            out = [tuple(shape[:-1]) + (shape[-1] * 2,)]
+        elif self.merge_mode is None:
+            out = [tuple(shape), tuple(shape)]
+        else:
+            out = [tuple(shape)]
+        out = out + states + states
+        return out[0] if len(out) == 1 else out
+
+    def compute_mask(self, inputs, mask):
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        out_mask = mask if self.return_sequences else None
+        masks = [out_mask, out_mask] if self.merge_mode is None else [out_mask]
+        if self.return_state:
+            masks += [None] * 4
+        return masks[0] if len(masks) == 1 else masks
+
+    def get_config(self):
+        return {**super().get_config(), "merge_mode": self.merge_mode,
+                "layer": _serialize(self.forward_layer),
+                "backward_layer": _serialize(self.backward_layer)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Bidirectional":
+        config = copy.deepcopy(config)
+        config["layer"] = _deserialize(config["layer"])
+        if config.get("backward_layer") is not None:
+            config["backward_layer"] = _deserialize(config["backward_layer"])
+        return cls(**config)

@@ -1,0 +1,688 @@
+"""Model: a functional graph of layers with Keras' compile / fit / evaluate / predict.
+
+Example:
+    >>> inputs = Input(shape=(64,))
+    >>> x = layers.Dense(128, activation="relu")(inputs)
+    >>> model = Model(inputs, layers.Dense(10)(x))
+    >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    >>> history = model.fit(x_train, y_train, batch_size=32, epochs=5)
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hybridnet import losses as losses_lib
+from hybridnet import metrics as metrics_lib
+from hybridnet import optimizers as optimizers_lib
+from hybridnet import strategies as strategies_lib
+from hybridnet import utils
+from hybridnet.data import adapter
+from hybridnet.execution import Executor, LossContainer, MetricsContainer, split_trainable
+from hybridnet.layers.base import InputLayer, KerasTensor
+from hybridnet.models.graph import Graph
+from hybridnet.planner import make_plan
+from hybridnet.training import callbacks as callbacks_lib
+
+
+class Model:
+    """A model from symbolic ``inputs`` to ``outputs`` (each a tensor, list or dict)."""
+
+    def __init__(self, inputs=None, outputs=None, name: str | None = None, **kwargs):
+        self.name = name or utils.unique_name("functional")
+        self.stop_training = False
+        self.optimizer = None
+        self.compiled = False
+        self._strategy = None
+        self._variables: dict | None = None  # layer -> weight -> array (placed by the plan)
+        self._executor = None
+        self._opt_state = None
+        self._seed = utils.next_seed()
+        self._train_step_count = 0
+        self._terminated_on_nan = False
+        self.graph: Graph | None = None
+        if inputs is not None or outputs is not None:
+            self._init_graph(inputs, outputs)
+
+    # ------------------------------------------------------------------ graph
+    def _init_graph(self, inputs, outputs):
+        self._input_struct = inputs
+        self._output_struct = outputs
+        flat_in = list(inputs.values()) if isinstance(inputs, dict) else (
+            list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
+        flat_out = list(outputs.values()) if isinstance(outputs, dict) else (
+            list(outputs) if isinstance(outputs, (list, tuple)) else [outputs])
+        self.graph = Graph(flat_in, flat_out)
+        for layer in self.graph.layers:
+            layer._model_ref = weakref.ref(self)
+        self.input_names = (list(inputs) if isinstance(inputs, dict)
+                            else [t.node.layer.name for t in flat_in])
+        self.output_names = (list(outputs) if isinstance(outputs, dict)
+                             else [t.node.layer.name for t in flat_out])
+
+    @property
+    def built(self) -> bool:
+        return self.graph is not None
+
+    @property
+    def layers(self):
+        return list(self.graph.layers) if self.graph else []
+
+    @property
+    def inputs(self):
+        return self.graph.inputs
+
+    @property
+    def outputs(self):
+        return self.graph.outputs
+
+    def get_layer(self, name: str | None = None, index: int | None = None):
+        if index is not None:
+            return self.layers[index]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No layer named '{name}' in model '{self.name}'. "
+                         f"Layers: {[la.name for la in self.layers]}")
+
+    def _ensure_built(self, x_sample=None):
+        if not self.built:
+            raise ValueError(f"Model '{self.name}' has no inputs yet: pass an Input or call "
+                             f"build(input_shape) first.")
+
+    # -------------------------------------------------------------- variables
+    def _weight_specs(self) -> dict:
+        return {layer.name: dict(layer.weight_specs) for layer in self.layers
+                if layer.weight_specs}
+
+    def _trainable_mask(self) -> dict:
+        return {layer.name: {w: (spec.trainable and layer.trainable)
+                             for w, spec in layer.weight_specs.items()}
+                for layer in self.layers if layer.weight_specs}
+
+    def _init_variables_fn(self, key):
+        out = {}
+        for i, layer in enumerate(self.layers):
+            if not layer.weight_specs:
+                continue
+            layer_key = jax.random.fold_in(key, i)
+            out[layer.name] = {
+                spec.name: spec.initializer(jax.random.fold_in(layer_key, j), spec.shape,
+                                            spec.dtype)
+                for j, spec in enumerate(layer.weight_specs.values())}
+        return out
+
+    def _get_executor(self) -> Executor:
+        self._ensure_built()
+        if self._executor is None:
+            plan = make_plan(self._weight_specs(), self._strategy)
+            loss = metrics = None
+            if self.compiled:
+                loss, metrics = self._compiled_loss, self._compiled_metrics
+            self._executor = Executor(self.graph.run, plan, self._trainable_mask(),
+                                      optimizer=self._tx, loss=loss, metrics=metrics,
+                                      num_outputs=len(self.outputs))
+            if self._variables is None:
+                # Created inside jit, already placed as the Plan says.
+                shardings = plan.weight_shardings(self._executor.mesh)
+                init = jax.jit(self._init_variables_fn, out_shardings=shardings)
+                self._variables = init(jax.random.PRNGKey(self._seed))
+            else:
+                missing = {layer for layer in self._weight_specs() if layer not in self._variables}
+                if missing:  # layers added after the weights were created
+                    fresh = self._init_variables_fn(jax.random.PRNGKey(self._seed))
+                    self._variables.update({k: fresh[k] for k in missing})
+                params, state = split_trainable(self._variables, self._trainable_mask())
+                params, state = self._executor.place_variables(params, state)
+                self._variables = _merge(params, state)
+        return self._executor
+
+    @property
+    def plan(self):
+        """The placement plan the model runs under."""
+        return self._get_executor().plan
+
+    def _vars(self) -> tuple[dict, dict]:
+        self._get_executor()
+        return split_trainable(self._variables, self._trainable_mask())
+
+    def _layer_weights(self, layer_name: str) -> dict:
+        self._get_executor()
+        return self._variables.get(layer_name, {})
+
+    def _set_layer_weights(self, layer_name: str, values: dict):
+        executor = self._get_executor()
+        shardings = executor.plan.weight_shardings(executor.mesh).get(layer_name, {})
+        self._variables[layer_name] = {
+            w: jax.device_put(v, shardings[w]) for w, v in values.items()}
+
+    @property
+    def variables(self) -> dict:
+        """All weights as a pytree: layer name -> weight name -> array."""
+        self._get_executor()
+        return self._variables
+
+    @property
+    def weights(self):
+        return [spec for layer in self.layers for spec in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        return [s for layer in self.layers for s in layer.weights
+                if s.trainable and layer.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [s for layer in self.layers for s in layer.weights
+                if not (s.trainable and layer.trainable)]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """All weight values as numpy arrays, layer by layer (Keras order)."""
+        return [w for layer in self.layers for w in layer.get_weights()]
+
+    def set_weights(self, weights) -> None:
+        weights = list(weights)
+        expected = sum(len(layer.weight_specs) for layer in self.layers)
+        if len(weights) != expected:
+            raise ValueError(f"Model '{self.name}': set_weights expected {expected} arrays. "
+                             f"Received: {len(weights)} arrays")
+        offset = 0
+        for layer in self.layers:
+            n = len(layer.weight_specs)
+            if n:
+                layer.set_weights(weights[offset:offset + n])
+            offset += n
+
+    def count_params(self) -> int:
+        return sum(layer.count_params() for layer in self.layers)
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+                jit_compile="auto", auto_scale_loss=True, strategy=None):
+        """Configures training, as ``keras.Model.compile``.
+
+        Args:
+            optimizer: a Keras name ("sgd", "adam", "adamw", "rmsprop", ...), a
+                ``hybridnet.optimizers`` object or any ``optax.GradientTransformation``.
+            loss: a Keras loss name, a Loss object or callable; a list or dict per output.
+            metrics: metric names/objects; a list or dict per output.
+            steps_per_execution: training steps run per device dispatch.
+            strategy: a ``hybridnet.strategies`` object; default data parallel over all
+                local devices.
+        """
+        if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
+            raise ValueError("compile: `steps_per_execution` must be a positive int. "
+                             f"Received: steps_per_execution={steps_per_execution!r}")
+        self.optimizer = optimizers_lib.get(optimizer)
+        if hasattr(self.optimizer, "_bind"):
+            self.optimizer._bind(self)
+        self._tx = self.optimizer.to_optax()
+        self._loss_arg, self._metrics_arg = loss, metrics
+        self._loss_weights_arg, self._weighted_metrics_arg = loss_weights, weighted_metrics
+        self.steps_per_execution = steps_per_execution
+        self._strategy = strategies_lib.get(strategy)
+        self._executor = None
+        self._opt_state = None
+        self.compiled = True
+        if self.built:
+            self._resolve_compile_args()
+
+    def _resolve_compile_args(self):
+        names = self.output_names
+        loss = self._loss_arg
+        if loss is None:
+            raise ValueError(f"compile: `loss` is required for model '{self.name}'. "
+                             "Received: loss=None")
+        losses = _per_output(loss, names, "loss")
+        self._losses = [None if fn is None else losses_lib.get(fn) for fn in losses]
+        weights = _per_output(self._loss_weights_arg, names, "loss_weights") if (
+            self._loss_weights_arg is not None) else [1.0] * len(names)
+        metrics = _per_output(self._metrics_arg, names, "metrics", nested=True) if (
+            self._metrics_arg is not None) else [[] for _ in names]
+        weighted = _per_output(self._weighted_metrics_arg, names, "weighted_metrics",
+                               nested=True) if self._weighted_metrics_arg else [[] for _ in names]
+        per_output = []
+        for i, ms in enumerate(metrics):
+            ms = list(ms) + list(weighted[i])
+            per_output.append([metrics_lib.get(m, loss=losses[i]) for m in ms])
+        self._compiled_loss = LossContainer(self._losses, weights, names)
+        self._compiled_metrics = MetricsContainer(per_output, names)
+        self.metrics_names = self._compiled_metrics.names
+
+    def _assert_compiled(self, what: str):
+        if not self.compiled:
+            raise RuntimeError(f"You must call compile() before {what}() on model "
+                               f"'{self.name}'.")
+
+    def _prepare(self, x_first):
+        """Builds (Sequential), resolves compile args and the executor."""
+        if not self.built:
+            self._build_from_data(x_first)
+        if self.compiled and not hasattr(self, "_compiled_loss"):
+            self._resolve_compile_args()
+        return self._get_executor()
+
+    def _build_from_data(self, x_first):
+        raise ValueError(f"Model '{self.name}' is not built: it has no inputs.")
+
+    def _train_state(self, executor) -> dict:
+        params, state = split_trainable(self._variables, self._trainable_mask())
+        if self._opt_state is None:
+            self._opt_state = executor.init_opt_state(params)
+        rng = jax.device_put(jax.random.PRNGKey(self._seed + 1), executor.replicated)
+        step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
+                              executor.replicated)
+        return {"params": params, "state": state, "opt_state": self._opt_state,
+                "metrics": executor.init_metrics(), "step": step, "rng": rng}
+
+    def _store_train_state(self, ts):
+        self._variables = _merge(ts["params"], ts["state"])
+        self._opt_state = ts["opt_state"]
+
+    # --------------------------------------------------------------- data input
+    def _check_inputs(self, xs: list):
+        for tensor, array, name in zip(self.inputs, xs, self.input_names):
+            expected = tensor.shape
+            got = tuple(array.shape)
+            if len(got) != len(expected) or any(
+                    e is not None and e != g for e, g in zip(expected[1:], got[1:])):
+                raise ValueError(
+                    f"Input '{name}' of model '{self.name}' is incompatible: expected "
+                    f"shape={utils.format_shape(expected)}. Received: x.shape={got}")
+
+    def _adapt(self, x, y, sample_weight, batch_size, shuffle, steps, what: str):
+        if x is None:
+            raise ValueError(f"{what}: `x` is required. Received: x=None")
+        if adapter.is_array_data(x):
+            if batch_size is None:
+                batch_size = 32
+            if not isinstance(batch_size, int) or batch_size < 1:
+                raise ValueError(f"{what}: `batch_size` must be a positive int. "
+                                 f"Received: batch_size={batch_size!r}")
+            xs = self._to_input_list(x)
+            ys = None if y is None else adapter.to_list(y, self._out_names_for_data(), "y")
+            sws = None if sample_weight is None else adapter.to_list(
+                sample_weight, self._out_names_for_data(), "sample_weight")
+            data = adapter.ArrayData(xs, ys, sws, batch_size, shuffle)
+            self._prepare(xs)
+            self._check_inputs(xs)
+            self._check_batch_size(batch_size, what)
+            return data
+        if y is not None:
+            raise ValueError(f"{what}: `y` must be None when `x` is an iterable of batches "
+                             f"(targets come from the batches). Received: y of type "
+                             f"{type(y).__name__}")
+        if isinstance(x, (str, bytes)) or not hasattr(x, "__iter__"):
+            raise ValueError(f"{what}: `x` must be arrays or an iterable of batches. "
+                             f"Received: x of type {type(x).__name__}")
+        return adapter.IterableData(x, steps)
+
+    def _to_input_list(self, x):
+        if not self.built:
+            names = [f"input_{i}" for i in range(len(x))] if isinstance(x, (list, tuple)) and \
+                not adapter._is_array(x) else ["input"]
+            if isinstance(x, dict):
+                names = list(x)
+            return adapter.to_list(x, names, "x")
+        return adapter.to_list(x, self.input_names, "x")
+
+    def _out_names_for_data(self):
+        return self.output_names if self.built else ["output"]
+
+    def _check_batch_size(self, batch_size, what):
+        n = self._get_executor().plan.data_parallel_size
+        if batch_size < n:
+            raise ValueError(f"{what}: `batch_size` must be at least the number of devices "
+                             f"the batch is split over ({n}). Received: batch_size={batch_size}")
+
+    def _iter_batches(self, data, order=None, what="fit"):
+        """Yields (x list, y, sw, n) with y/sw as a single array for one output."""
+        single = None
+        first = True
+        iterator = data.batches(order) if isinstance(data, adapter.ArrayData) else data.batches()
+        for xb, yb, swb in iterator:
+            if not isinstance(data, adapter.ArrayData):
+                xb = self._to_input_list(xb)
+                if first:
+                    self._prepare(xb)
+                    self._check_inputs(xb)
+                    first = False
+                yb = None if yb is None else adapter.to_list(yb, self.output_names, "y")
+                swb = None if swb is None else adapter.to_list(swb, self.output_names,
+                                                              "sample_weight")
+            if single is None:
+                single = len(self.output_names) == 1
+            if single:
+                yb = None if yb is None else yb[0]
+                swb = None if swb is None else swb[0]
+            yield xb, yb, swb, len(xb[0])
+
+    # ---------------------------------------------------------------------- fit
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
+        """Trains the model, as ``keras.Model.fit``. Returns a ``History``."""
+        self._assert_compiled("fit")
+        if class_weight is not None:
+            sample_weight = _class_weights_to_sample_weights(y, class_weight, sample_weight)
+        data = self._adapt(x, y, sample_weight, batch_size, shuffle, steps_per_epoch, "fit")
+        val_data = None
+        if validation_split and isinstance(data, adapter.ArrayData):
+            data, val_data = data.split(validation_split)
+        elif validation_split:
+            raise ValueError("fit: `validation_split` needs array inputs. Received an "
+                             "iterable of batches; pass validation_data instead.")
+        if validation_data is not None:
+            val_data = self._validation_adapter(validation_data, validation_batch_size or
+                                                batch_size, validation_steps)
+        verbose = 1 if verbose == "auto" else verbose
+        history = callbacks_lib.History()
+        cb_list = list(callbacks or [])
+        if verbose:
+            cb_list.append(callbacks_lib.ProgbarLogger(verbose))
+        steps = data.steps if data.steps is not None else steps_per_epoch
+        cbs = callbacks_lib.CallbackList(cb_list + [history], self, {
+            "epochs": epochs, "steps": steps, "verbose": verbose,
+            "samples_per_epoch": getattr(data, "num_samples", None)})
+        self.stop_training = False
+        self._terminated_on_nan = False
+        rng = np.random.default_rng(self._seed)
+        cbs.on_train_begin()
+        epoch_logs: dict = {}
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch)
+            order = data.order(rng) if isinstance(data, adapter.ArrayData) else None
+            epoch_logs = self._train_epoch(data, order, cbs)
+            if epoch_logs is None:
+                raise ValueError("fit: the dataset produced no batches. Received an empty "
+                                 "iterable for `x`")
+            if val_data is not None and (epoch + 1) % validation_freq == 0 and \
+                    not self._terminated_on_nan:
+                val_logs = self._evaluate_data(val_data, None)
+                epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
+            cbs.on_epoch_end(epoch, epoch_logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(epoch_logs)
+        return history
+
+    def _validation_adapter(self, validation_data, batch_size, steps):
+        if isinstance(validation_data, tuple) and len(validation_data) in (2, 3) and \
+                adapter.is_array_data(validation_data[0]):
+            vx, vy = validation_data[0], validation_data[1]
+            vsw = validation_data[2] if len(validation_data) == 3 else None
+            return self._adapt(vx, vy, vsw, batch_size, False, steps, "fit(validation_data)")
+        return self._adapt(validation_data, None, None, batch_size, False, steps,
+                           "fit(validation_data)")
+
+    def _train_epoch(self, data, order, cbs) -> dict | None:
+        executor = self._get_executor()
+        ts = self._train_state(executor)
+        spe = self.steps_per_execution
+        ran = False
+        step = -1
+        batches = self._iter_batches(data, order)
+        use_logs = bool(cbs.batch_callbacks)
+        results = executor.results
+
+        if spe > 1 and isinstance(data, adapter.ArrayData):
+            batches = self._stacked(data, order, spe)
+        for xb, yb, swb, n in batches:
+            cbs.on_train_batch_begin(step + 1)
+            if isinstance(n, tuple):  # k stacked steps of n samples
+                k, n = n
+                ts = executor.train_many(ts, xb, yb, swb, n)
+                step += k
+            else:
+                ts = executor.train(ts, xb, yb, swb, n)
+                step += 1
+            ran = True
+            if use_logs:
+                metrics = ts["metrics"]
+                cbs.on_train_batch_end(step, callbacks_lib.LazyLogs(lambda m=metrics: results(m)))
+            if self.stop_training:
+                break
+        if not ran:
+            return None
+        self._store_train_state(ts)
+        self._train_step_count += step + 1
+        return {k: float(v) for k, v in results(ts["metrics"]).items()}
+
+    def _stacked(self, data: adapter.ArrayData, order, k: int):
+        """Groups ``k`` full batches per dispatch; leftovers run one by one."""
+        n, b = data.num_samples, data.batch_size
+        order = np.arange(n) if order is None else order
+        full = n // b
+        groups = full // k
+        single = len(self.output_names) == 1
+        for g in range(groups):
+            idx = order[g * k * b:(g + 1) * k * b].reshape(k, b)
+            xb, yb, swb = data.take(idx)
+            if single:
+                yb = None if yb is None else yb[0]
+                swb = None if swb is None else swb[0]
+            yield xb, yb, swb, (k, b)
+        for xb, yb, swb, m in self._iter_batches(data, order[groups * k * b:]):
+            yield xb, yb, swb, m
+
+    # ----------------------------------------------------------------- evaluate
+    def _evaluate_data(self, data, cbs) -> dict:
+        executor = self._get_executor()
+        params, state = self._vars()
+        mstate = executor.init_metrics()
+        ran = False
+        for i, (xb, yb, swb, n) in enumerate(self._iter_batches(data)):
+            if cbs:
+                cbs.on_test_batch_begin(i)
+            mstate = executor.evaluate(params, state, mstate, xb, yb, swb, n)
+            ran = True
+            if cbs:
+                cbs.on_test_batch_end(i, callbacks_lib.LazyLogs(
+                    lambda m=mstate: executor.results(m)))
+        if not ran:
+            raise ValueError("evaluate: the dataset produced no batches. Received an empty "
+                             "iterable for `x`")
+        return {k: float(v) for k, v in executor.results(mstate).items()}
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """Returns the loss (and metrics) on the given data, as ``keras.Model.evaluate``."""
+        self._assert_compiled("evaluate")
+        data = self._adapt(x, y, sample_weight, batch_size, False, steps, "evaluate")
+        cbs = callbacks_lib.CallbackList(list(callbacks or []), self, {"steps": data.steps})
+        cbs.on_test_begin()
+        logs = self._evaluate_data(data, cbs)
+        cbs.on_test_end(logs)
+        if verbose not in (0, False):
+            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+        if return_dict:
+            return logs
+        values = [logs[k] for k in self.metrics_names]
+        return values[0] if len(values) == 1 else values
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        return self.evaluate(x, y, batch_size=len(adapter.to_list(
+            x, self.input_names, "x")[0]) if self.built else None, sample_weight=sample_weight,
+            verbose=0, return_dict=return_dict)
+
+    # ------------------------------------------------------------------ predict
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """Returns predictions as numpy arrays (one per output), as ``keras.Model.predict``."""
+        if isinstance(x, tuple) and adapter.is_array_data(x[0]) and len(x) in (2, 3):
+            x = x[0]
+        data = self._adapt(x, None, None, batch_size, False, steps, "predict")
+        executor = self._get_executor()
+        params, state = self._vars()
+        cbs = callbacks_lib.CallbackList(list(callbacks or []), self, {"steps": data.steps})
+        cbs.on_predict_begin()
+        chunks = []
+        for i, (xb, _, _, n) in enumerate(self._iter_batches(data)):
+            cbs.on_predict_batch_begin(i)
+            chunks.append(executor.predict(params, state, xb, n))
+            cbs.on_predict_batch_end(i, {"outputs": chunks[-1]})
+        if not chunks:
+            raise ValueError("predict: the dataset produced no batches. Received an empty "
+                             "iterable for `x`")
+        outputs = [np.concatenate([np.asarray(c[j]) for c in chunks])
+                   for j in range(len(self.outputs))]
+        cbs.on_predict_end()
+        return self._structure_outputs(outputs)
+
+    def _structure_outputs(self, outputs: list):
+        if isinstance(self._output_struct, dict):
+            return dict(zip(self._output_struct, outputs))
+        if isinstance(self._output_struct, (list, tuple)):
+            return outputs
+        return outputs[0]
+
+    def predict_on_batch(self, x):
+        xs = self._to_input_list(x)
+        return self.predict(xs, batch_size=len(xs[0]), verbose=0)
+
+    def __call__(self, x, training: bool = False):
+        """Runs the model on arrays (eager) and returns its outputs."""
+        xs = self._to_input_list(x)
+        self._prepare(xs)
+        params, state = self._vars()
+        outputs, _, _ = self.graph.run(_merge(params, state), xs, training=training,
+                                       rng=jax.random.PRNGKey(self._seed) if training else None)
+        return self._structure_outputs(outputs)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """One training step on one batch; returns that batch's loss (and metrics)."""
+        self._assert_compiled("train_on_batch")
+        if class_weight is not None:
+            sample_weight = _class_weights_to_sample_weights(y, class_weight, sample_weight)
+        xs = self._to_input_list(x)
+        data = self._adapt(xs, y, sample_weight, len(xs[0]), False, None, "train_on_batch")
+        executor = self._get_executor()
+        ts = self._train_state(executor)
+        for xb, yb, swb, n in self._iter_batches(data):
+            ts = executor.train(ts, xb, yb, swb, n)
+        self._store_train_state(ts)
+        self._train_step_count += 1
+        logs = {k: float(v) for k, v in executor.results(ts["metrics"]).items()}
+        if return_dict:
+            return logs
+        values = [logs[k] for k in self.metrics_names]
+        return values[0] if len(values) == 1 else values
+
+    # ------------------------------------------------------------ summary, config
+    def summary(self, print_fn=None, line_length: int = 80):
+        """Prints the layers, their output shapes and parameter counts."""
+        print_fn = print_fn or print
+        rows = []
+        for layer in self.layers:
+            nodes = layer._inbound_nodes
+            if isinstance(layer, InputLayer):
+                shape = layer.output.shape
+            else:
+                outs = nodes[0].outputs if nodes else None
+                shape = [t.shape for t in outs] if isinstance(outs, list) else (
+                    outs.shape if outs is not None else "?")
+            shape_text = (", ".join(utils.format_shape(s) for s in shape)
+                          if isinstance(shape, list) else utils.format_shape(shape))
+            kernel = getattr(layer, "kernel_choice", None)
+            name = f"{layer.name} ({type(layer).__name__}{', ' + kernel if kernel else ''})"
+            rows.append((name, shape_text, f"{layer.count_params():,}"))
+        widths = [max(len("Layer (type)"), *(len(r[0]) for r in rows)),
+                  max(len("Output Shape"), *(len(r[1]) for r in rows)),
+                  max(len("Param #"), *(len(r[2]) for r in rows))]
+        sep = "━" * (sum(widths) + 6)
+        print_fn(f'Model: "{self.name}"')
+        print_fn(sep)
+        print_fn(f"{'Layer (type)':<{widths[0]}}   {'Output Shape':<{widths[1]}}   "
+                 f"{'Param #':>{widths[2]}}")
+        print_fn(sep)
+        for r in rows:
+            print_fn(f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}")
+        print_fn(sep)
+        total = self.count_params()
+        trainable = sum(int(np.prod(s.shape)) for s in self.trainable_weights)
+        nbytes = sum(s.nbytes for s in self.weights)
+        print_fn(f" Total params: {total:,} ({_format_bytes(nbytes)})")
+        print_fn(f" Trainable params: {trainable:,}")
+        print_fn(f" Non-trainable params: {total - trainable:,}")
+
+    def get_config(self) -> dict:
+        return {"name": self.name, **self.graph.to_config()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Model":
+        from hybridnet.layers import get_layer_class
+        graph = Graph.from_config(config, get_layer_class)
+        inputs = graph.inputs if len(graph.inputs) > 1 else graph.inputs[0]
+        outputs = graph.outputs if len(graph.outputs) > 1 else graph.outputs[0]
+        return cls(inputs, outputs, name=config.get("name"))
+
+    def save(self, filepath, overwrite=True):
+        """Saves config, weights and optimizer state to one file, atomically."""
+        from hybridnet.models import saving
+        saving.save_model(self, filepath, overwrite=overwrite)
+
+    def save_weights(self, filepath, overwrite=True):
+        from hybridnet.models import saving
+        saving.save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        from hybridnet.models import saving
+        saving.load_weights(self, filepath)
+
+
+def _merge(params: dict, state: dict) -> dict:
+    out = {k: dict(v) for k, v in params.items()}
+    for layer, values in state.items():
+        out.setdefault(layer, {}).update(values)
+    return out
+
+
+def _per_output(value, names, what, nested=False):
+    """Normalises a per-output compile argument to a list ordered like ``names``."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(f"compile: `{what}` has keys {unknown} that are not model outputs. "
+                             f"Expected keys among {list(names)}")
+        return [value.get(n, [] if nested else None) for n in names]
+    if nested:
+        if isinstance(value, (list, tuple)) and len(names) > 1 and value and all(
+                isinstance(v, (list, tuple)) for v in value):
+            if len(value) != len(names):
+                raise ValueError(f"compile: `{what}` must have one list per output "
+                                 f"({len(names)}). Received: {len(value)}")
+            return [list(v) for v in value]
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return [items for _ in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ValueError(f"compile: `{what}` must have one entry per output ({len(names)}: "
+                             f"{list(names)}). Received: {len(value)} entries")
+        return list(value)
+    return [value for _ in names]
+
+
+def _class_weights_to_sample_weights(y, class_weight, sample_weight):
+    if y is None or isinstance(y, (list, dict)):
+        raise ValueError("`class_weight` is supported for a single array of targets only.")
+    y = np.asarray(y)
+    labels = y.argmax(-1) if y.ndim > 1 and y.shape[-1] > 1 else y.reshape(len(y))
+    weights = np.array([class_weight.get(int(c), 1.0) for c in labels], np.float32)
+    if sample_weight is not None:
+        weights = weights * np.asarray(sample_weight, np.float32)
+    return weights
+
+
+def _format_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,174 @@
+"""Saving without pickle: one zip file holding ``config.json`` and ``.npy`` arrays.
+
+The file is written beside its target and renamed into place, so a crash never
+leaves a half-written model. Works with any file name (``model.hnet``,
+``model.keras``, ``ckpt.weights.h5``...).
+
+Example:
+    >>> model.save("digits.hnet")
+    >>> restored = hybridnet.models.load_model("digits.hnet")
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+
+import jax
+import numpy as np
+
+FORMAT = "hybridnet"
+VERSION = 1
+
+
+def _atomic_write(filepath, overwrite: bool, write) -> None:
+    filepath = os.fspath(filepath)
+    if os.path.exists(filepath) and not overwrite:
+        raise FileExistsError(f"save: {filepath!r} exists. Received: overwrite=False")
+    directory = os.path.dirname(os.path.abspath(filepath))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                write(zf)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _put_array(zf: zipfile.ZipFile, name: str, array) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array), allow_pickle=False)
+    zf.writestr(name, buffer.getvalue())
+
+
+def _get_array(zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
+
+
+def _write_weights(zf, model) -> list[str]:
+    names = []
+    for layer in model.layers:
+        for w, value in zip(layer.weight_specs, layer.get_weights()):
+            name = f"weights/{layer.name}/{w}.npy"
+            _put_array(zf, name, value)
+            names.append(name)
+    return names
+
+
+def _read_weights(zf, model) -> None:
+    present = set(zf.namelist())
+    for layer in model.layers:
+        if not layer.weight_specs:
+            continue
+        names = [f"weights/{layer.name}/{w}.npy" for w in layer.weight_specs]
+        missing = [n for n in names if n not in present]
+        if missing:
+            raise ValueError(f"load: the file has no weights for layer '{layer.name}' "
+                             f"(missing {missing}).")
+        layer.set_weights([_get_array(zf, n) for n in names])
+
+
+def _compile_config(model) -> dict | None:
+    if not model.compiled:
+        return None
+    from hybridnet import losses, metrics, optimizers
+    try:
+        loss = model._loss_arg
+        loss_cfg = ({k: losses.serialize(v) for k, v in loss.items()} if isinstance(loss, dict)
+                    else [losses.serialize(v) for v in loss] if isinstance(loss, (list, tuple))
+                    else losses.serialize(loss))
+        mets = model._metrics_arg
+        if isinstance(mets, dict):
+            met_cfg = {k: [metrics.serialize(m) for m in (v if isinstance(v, (list, tuple))
+                                                          else [v])] for k, v in mets.items()}
+        elif mets is None:
+            met_cfg = None
+        else:
+            met_cfg = [[metrics.serialize(m) for m in v] if isinstance(v, (list, tuple))
+                       else metrics.serialize(v) for v in mets]
+        return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss_cfg,
+                "metrics": met_cfg, "loss_weights": model._loss_weights_arg,
+                "steps_per_execution": model.steps_per_execution}
+    except (ValueError, TypeError):
+        return None  # custom callables: the model is saved uncompiled
+
+
+def save_model(model, filepath, overwrite: bool = True) -> None:
+    config = {"format": FORMAT, "version": VERSION,
+              "model": {"class_name": type(model).__name__, "config": model.get_config()},
+              "compile": _compile_config(model), "train_steps": model._train_step_count}
+
+    def write(zf):
+        zf.writestr("config.json", json.dumps(config, indent=1))
+        _write_weights(zf, model)
+        if config["compile"] is not None and model._opt_state is not None:
+            for i, leaf in enumerate(jax.tree_util.tree_leaves(model._opt_state)):
+                _put_array(zf, f"optimizer/{i}.npy", leaf)
+    _atomic_write(filepath, overwrite, write)
+
+
+def load_model(filepath, compile: bool = True):
+    """Loads a model saved by ``model.save``: architecture, weights, optimizer state."""
+    from hybridnet import losses, metrics, optimizers
+    from hybridnet.models.model import Model
+    from hybridnet.models.sequential import Sequential
+    with zipfile.ZipFile(os.fspath(filepath)) as zf:
+        config = json.loads(zf.read("config.json"))
+        if config.get("format") != FORMAT:
+            raise ValueError(f"load_model: {filepath!r} is not a hybridnet model file. "
+                             f"Received format={config.get('format')!r}")
+        cls = {"Sequential": Sequential}.get(config["model"]["class_name"], Model)
+        model = cls.from_config(config["model"]["config"])
+        _read_weights(zf, model)
+        model._train_step_count = config.get("train_steps", 0)
+        cc = config.get("compile")
+        if compile and cc is not None:
+            def de_metric(v):
+                return [metrics.deserialize(m) for m in v] if isinstance(v, list) else \
+                    metrics.deserialize(v)
+            loss = cc["loss"]
+            loss = ({k: losses.deserialize(v) for k, v in loss.items()} if isinstance(loss, dict)
+                    else [losses.deserialize(v) for v in loss] if isinstance(loss, list)
+                    else losses.deserialize(loss))
+            mets = cc["metrics"]
+            mets = None if mets is None else ({k: de_metric(v) for k, v in mets.items()}
+                                              if isinstance(mets, dict) else
+                                              [de_metric(v) for v in mets])
+            model.compile(optimizer=optimizers.deserialize(cc["optimizer"]), loss=loss,
+                          metrics=mets, loss_weights=cc.get("loss_weights"),
+                          steps_per_execution=cc.get("steps_per_execution", 1))
+            names = sorted((n for n in zf.namelist() if n.startswith("optimizer/")),
+                           key=lambda n: int(n.split("/")[1].split(".")[0]))
+            if names:
+                executor = model._prepare(None)
+                params, _ = model._vars()
+                fresh = executor.init_opt_state(params)
+                leaves, treedef = jax.tree_util.tree_flatten(fresh)
+                if len(leaves) != len(names):
+                    raise ValueError(f"load_model: optimizer state has {len(names)} arrays; "
+                                     f"the optimizer expects {len(leaves)}.")
+                restored = [jax.device_put(_get_array(zf, n).astype(leaf.dtype), leaf.sharding)
+                            for n, leaf in zip(names, leaves)]
+                model._opt_state = jax.tree_util.tree_unflatten(treedef, restored)
+    return model
+
+
+def save_weights(model, filepath, overwrite: bool = True) -> None:
+    def write(zf):
+        zf.writestr("config.json", json.dumps({"format": FORMAT, "version": VERSION,
+                                               "weights_only": True}))
+        _write_weights(zf, model)
+    _atomic_write(filepath, overwrite, write)
+
+
+def load_weights(model, filepath) -> None:
+    with zipfile.ZipFile(os.fspath(filepath)) as zf:
+        _read_weights(zf, model)

@@ -1,0 +1,2 @@
+"""Training-loop pieces: callbacks, progress bar, history."""
+from hybridnet.training import callbacks

@@ -1,0 +1,404 @@
+"""Keras callbacks: Callback, History, ProgbarLogger, EarlyStopping, ModelCheckpoint,
+CSVLogger, TerminateOnNaN, LearningRateScheduler, LambdaCallback.
+
+Per-batch ``logs`` are a lazy mapping: values are fetched from the device only
+when a callback reads them, so callbacks that ignore batch logs cost no host sync.
+"""
+from __future__ import annotations
+
+import collections.abc
+import csv
+import math
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+
+_BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin",
+                "on_test_batch_end", "on_predict_batch_begin", "on_predict_batch_end",
+                "on_batch_begin", "on_batch_end")
+
+
+class LazyLogs(collections.abc.Mapping):
+    """A read-only dict of metric values computed and fetched on first access."""
+
+    def __init__(self, compute):
+        self._compute = compute
+        self._values = None
+
+    def _get(self) -> dict:
+        if self._values is None:
+            self._values = {k: float(v) for k, v in self._compute().items()}
+        return self._values
+
+    def __getitem__(self, key):
+        return self._get()[key]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self):
+        return len(self._get())
+
+    def __repr__(self):
+        return repr(self._get())
+
+
+class Callback:
+    """Base class: override any ``on_*`` hook. ``self.model`` and ``self.params`` are set."""
+
+    def __init__(self):
+        self.model = None
+        self.params: dict = {}
+
+    def set_model(self, model):
+        self.model = model
+
+    def set_params(self, params):
+        self.params = params
+
+    def on_train_begin(self, logs=None): pass
+    def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_batch_begin(self, batch, logs=None): self.on_batch_begin(batch, logs)
+    def on_train_batch_end(self, batch, logs=None): self.on_batch_end(batch, logs)
+    def on_batch_begin(self, batch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+    def on_test_begin(self, logs=None): pass
+    def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
+
+    def _uses_batch_hooks(self) -> bool:
+        return any(getattr(type(self), h) is not getattr(Callback, h) for h in _BATCH_HOOKS)
+
+
+class CallbackList:
+    """Dispatches hooks; batch hooks go only to callbacks that override them."""
+
+    def __init__(self, callbacks, model, params):
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            cb.set_model(model)
+            cb.set_params(params)
+        self.batch_callbacks = [cb for cb in self.callbacks if cb._uses_batch_hooks()]
+
+    def __getattr__(self, hook):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+        targets = self.batch_callbacks if hook in _BATCH_HOOKS else self.callbacks
+
+        def call(*args, **kwargs):
+            for cb in targets:
+                getattr(cb, hook)(*args, **kwargs)
+        return call
+
+
+class History(Callback):
+    """Records epoch logs; returned by ``fit``. ``history.history["loss"]`` etc."""
+
+    def __init__(self):
+        super().__init__()
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(v)
+
+
+def _format_value(v: float) -> str:
+    return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.4e}"
+
+
+def _format_time(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{int(seconds % 60):02d}"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+    return f"{int(round(seconds))}s"
+
+
+class ProgbarLogger(Callback):
+    """The Keras progress bar: steps done, ETA, time per step, samples/s, metrics.
+
+    verbose=1 redraws one line (about every 0.1 s) on a terminal, and prints one
+    line per epoch otherwise; verbose=2 prints one line per epoch.
+    """
+
+    def __init__(self, verbose: int = 1, stream=None, interval: float = 0.1):
+        super().__init__()
+        self.verbose = verbose
+        self.stream = stream or sys.stdout
+        self.interval = interval
+        self.dynamic = verbose == 1 and hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def on_train_begin(self, logs=None):
+        self.epochs = self.params.get("epochs", 1)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = self.last = time.perf_counter()
+        self.seen = 0
+        if self.verbose:
+            self.stream.write(f"Epoch {epoch + 1}/{self.epochs}\n")
+            self.stream.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen = batch + 1
+        now = time.perf_counter()
+        if self.dynamic and now - self.last >= self.interval:
+            self.last = now
+            self._draw(self.seen, logs, final=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.verbose:
+            steps = self.params.get("steps") or self.seen
+            self._draw(steps, logs, final=True)
+
+    def _draw(self, step: int, logs, final: bool):
+        total = self.params.get("steps")
+        elapsed = time.perf_counter() - self.start
+        width = 20
+        if total:
+            done = int(width * min(step, total) / total)
+            bar = f"{step}/{total} " + "━" * done + "─" * (width - done)
+        else:
+            bar = f"{step}/Unknown"
+        per_step = elapsed / max(step, 1)
+        samples = self.params.get("samples_per_epoch")
+        rate = ""
+        if samples and total:
+            rate = f" - {samples * min(step, total) / total / max(elapsed, 1e-9):.0f} samples/s"
+        if final or not total:
+            timing = f" {_format_time(elapsed)} {per_step * 1e3:.0f}ms/step"
+        else:
+            timing = f" ETA: {_format_time(per_step * (total - step))}"
+        values = "".join(f" - {k}: {_format_value(v)}" for k, v in (logs or {}).items())
+        line = f"{bar}{timing}{rate}{values}"
+        if self.dynamic:
+            self.stream.write("\r" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` stops improving.
+
+    Example:
+        >>> EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True)
+    """
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 baseline=None, restore_best_weights=False, start_from_epoch=0):
+        super().__init__()
+        self.monitor, self.patience, self.verbose = monitor, patience, verbose
+        self.baseline, self.restore_best_weights = baseline, restore_best_weights
+        self.start_from_epoch = start_from_epoch
+        self.mode = _resolve_mode(mode, monitor, "EarlyStopping")
+        self.min_delta = abs(min_delta) * (1 if self.mode == "max" else -1)
+        self.stopped_epoch = 0
+
+    def _improved(self, current, reference):
+        if reference is None:
+            return True
+        if self.mode == "max":
+            return current - self.min_delta > reference
+        return current - self.min_delta < reference
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.stopped_epoch, self.best_epoch = 0, 0, 0
+        self.best, self.best_weights = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(f"EarlyStopping: monitor '{self.monitor}' is not in the logs "
+                          f"{sorted(logs or {})}; skipping.", stacklevel=2)
+            return
+        if epoch < self.start_from_epoch:
+            return
+        self.wait += 1
+        if self._improved(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            if self.baseline is None or self._improved(current, self.baseline):
+                self.wait = 0
+            return
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.stopped_epoch > 0 and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
+        if self.restore_best_weights and self.best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: "
+                      f"{self.best_epoch + 1}.")
+            self.model.set_weights(self.best_weights)
+
+
+def _resolve_mode(mode, monitor, owner):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"{owner}: `mode` must be 'auto', 'min' or 'max'. Received: mode={mode!r}")
+    if mode != "auto":
+        return mode
+    return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+
+
+class ModelCheckpoint(Callback):
+    """Saves the model (or weights) after each epoch, atomically.
+
+    ``filepath`` may contain ``{epoch}`` and log keys, e.g.
+    ``"ckpt/model.{epoch:02d}-{val_loss:.2f}.hnet"``. A crash mid-write never
+    leaves a truncated file: the file is written beside the target and renamed.
+
+    Example:
+        >>> ModelCheckpoint("best.hnet", monitor="val_accuracy", save_best_only=True)
+    """
+
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
+                 save_weights_only=False, mode="auto", save_freq="epoch", initial_value_threshold=None):
+        super().__init__()
+        if save_freq != "epoch" and not isinstance(save_freq, int):
+            raise ValueError(f"ModelCheckpoint: `save_freq` must be 'epoch' or an int. "
+                             f"Received: save_freq={save_freq!r}")
+        self.filepath = os.fspath(filepath)
+        self.monitor, self.verbose = monitor, verbose
+        self.save_best_only, self.save_weights_only = save_best_only, save_weights_only
+        self.mode = _resolve_mode(mode, monitor, "ModelCheckpoint")
+        self.save_freq = save_freq
+        self.best = initial_value_threshold
+        self._batches = 0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if isinstance(self.save_freq, int):
+            self._batches += 1
+            if self._batches % self.save_freq == 0:
+                self._save(self._epoch, dict(logs or {}))
+
+    def _uses_batch_hooks(self) -> bool:
+        return isinstance(self.save_freq, int)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._save(epoch, dict(logs or {}))
+
+    def _save(self, epoch, logs):
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(loss):
+            warnings.warn(f"ModelCheckpoint: loss is {loss} at epoch {epoch + 1}; keeping the "
+                          "last good checkpoint.", stacklevel=2)
+            return
+        path = self.filepath.format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            current = logs.get(self.monitor)
+            if current is None:
+                warnings.warn(f"ModelCheckpoint: monitor '{self.monitor}' is not in the logs "
+                              f"{sorted(logs)}; skipping.", stacklevel=2)
+                return
+            if not np.isfinite(current):
+                return
+            better = self.best is None or (current > self.best if self.mode == "max"
+                                           else current < self.best)
+            if not better:
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best} to "
+                      f"{current}, saving model to {path}")
+            self.best = current
+        if self.save_weights_only:
+            self.model.save_weights(path)
+        else:
+            self.model.save(path)
+
+
+class CSVLogger(Callback):
+    """Streams epoch logs to a CSV file: ``CSVLogger("training.log", append=False)``."""
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        self.filename, self.sep, self.append = os.fspath(filename), separator, append
+        self.keys = None
+
+    def on_train_begin(self, logs=None):
+        exists = self.append and os.path.exists(self.filename) and os.path.getsize(self.filename)
+        self.file = open(self.filename, "a" if self.append else "w", newline="")
+        self.writer = None
+        self._has_header = bool(exists)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=["epoch"] + self.keys,
+                                         delimiter=self.sep, extrasaction="ignore")
+            if not self._has_header:
+                self.writer.writeheader()
+        self.writer.writerow({"epoch": epoch, **{k: logs.get(k, "NA") for k in self.keys}})
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        self.file.close()
+
+
+class TerminateOnNaN(Callback):
+    """Stops training as soon as the loss is NaN or infinite (checked every batch)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+            self.model._terminated_on_nan = True
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at each epoch start: ``schedule(epoch, lr) -> new lr``."""
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        lr = float(self.model.optimizer.learning_rate)
+        new_lr = self.schedule(epoch, lr)
+        if not isinstance(new_lr, (float, int, np.floating, np.integer)):
+            raise ValueError(f"LearningRateScheduler: the schedule must return a float. "
+                             f"Received: {new_lr!r}")
+        self.model.optimizer.learning_rate = float(new_lr)
+        if self.verbose:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {new_lr}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and isinstance(logs, dict):
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda e, logs: ...)``."""
+
+    def __init__(self, **hooks):
+        super().__init__()
+        for name, fn in hooks.items():
+            if not name.startswith("on_"):
+                raise ValueError(f"LambdaCallback: unknown hook {name!r}")
+            setattr(self, name, fn)
+
+    def _uses_batch_hooks(self) -> bool:
+        return any(h in self.__dict__ for h in _BATCH_HOOKS)

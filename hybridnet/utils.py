@@ -1,0 +1,57 @@
+"""Small shared utilities: seeding, name generation, shape formatting."""
+from __future__ import annotations
+
+import collections
+import os
+import re
+
+import numpy as np
+
+_GLOBAL_SEED: list[int | None] = [None]
+_NAME_COUNTS: collections.Counter = collections.Counter()
+
+
+def set_random_seed(seed: int) -> None:
+    """Seeds parameter initialisation, dropout and shuffling (like Keras).
+
+    Example:
+        >>> hybridnet.utils.set_random_seed(42)
+    """
+    _GLOBAL_SEED[0] = int(seed)
+    np.random.seed(int(seed))
+    _NAME_COUNTS.clear()
+
+
+def next_seed() -> int:
+    """A seed for a new model: from the global seed if set, else fresh entropy."""
+    if _GLOBAL_SEED[0] is not None:
+        return _GLOBAL_SEED[0]
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def snake_case(name: str) -> str:
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def unique_name(base: str) -> str:
+    """``dense``, ``dense_1``, ``dense_2``... as Keras names layers."""
+    count = _NAME_COUNTS[base]
+    _NAME_COUNTS[base] += 1
+    return base if count == 0 else f"{base}_{count}"
+
+
+def format_shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + (
+        ",)" if len(shape) == 1 else ")")
+
+
+def normalize_tuple(value, n: int, name: str, owner: str) -> tuple[int, ...]:
+    """``3`` -> ``(3, 3)``; validates a tuple of ``n`` positive ints."""
+    if isinstance(value, int):
+        value = (value,) * n
+    value = tuple(value)
+    if len(value) != n or not all(isinstance(v, (int, np.integer)) and v > 0 for v in value):
+        raise ValueError(f"{owner}: `{name}` must be an int or a tuple of {n} positive ints. "
+                         f"Received: {name}={value!r}")
+    return tuple(int(v) for v in value)
