@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from hybridnet import losses as losses_lib
-from hybridnet.losses import _broadcast_pair, apply_mask, squeeze_or_expand_to_same_rank
+from hybridnet.losses import apply_mask, squeeze_or_expand_to_same_rank
 
 
 # --------------------------------------------------------------------------

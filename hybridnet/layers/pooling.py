@@ -82,11 +82,11 @@ class AveragePooling2D(_Pooling2D):
     def call(self, weights, x):
         window, strides = self._window()
         padding = self.padding.upper()
-        total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, window, strides, padding)
+        total = lax.reduce_window(x, 0.0, lax.add, window, strides, padding)
         if self.padding == "valid":
             return total / (self.pool_size[0] * self.pool_size[1])
         ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
-        counts = lax.reduce_window(ones, jnp.zeros((), x.dtype), lax.add, window, strides,
+        counts = lax.reduce_window(ones, 0.0, lax.add, window, strides,
                                    padding)
         return total / counts
 

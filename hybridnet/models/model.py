@@ -41,7 +41,9 @@ class Model:
         self._strategy = None
         self._variables: dict | None = None  # layer -> weight -> array (placed by the plan)
         self._executor = None
+        self._tx = None
         self._opt_state = None
+        self._applied_lr = None
         self._seed = utils.next_seed()
         self._train_step_count = 0
         self._terminated_on_nan = False
@@ -220,8 +222,6 @@ class Model:
             raise ValueError("compile: `steps_per_execution` must be a positive int. "
                              f"Received: steps_per_execution={steps_per_execution!r}")
         self.optimizer = optimizers_lib.get(optimizer)
-        if hasattr(self.optimizer, "_bind"):
-            self.optimizer._bind(self)
         self._tx = self.optimizer.to_optax()
         self._loss_arg, self._metrics_arg = loss, metrics
         self._loss_weights_arg, self._weighted_metrics_arg = loss_weights, weighted_metrics
@@ -229,6 +229,7 @@ class Model:
         self._strategy = strategies_lib.get(strategy)
         self._executor = None
         self._opt_state = None
+        self._applied_lr = None
         self.compiled = True
         if self.built:
             self._resolve_compile_args()
@@ -275,11 +276,20 @@ class Model:
         params, state = split_trainable(self._variables, self._trainable_mask())
         if self._opt_state is None:
             self._opt_state = executor.init_opt_state(params)
+        self._sync_learning_rate(executor)
         rng = jax.device_put(jax.random.PRNGKey(self._seed + 1), executor.replicated)
         step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
                               executor.replicated)
         return {"params": params, "state": state, "opt_state": self._opt_state,
                 "metrics": executor.init_metrics(), "step": step, "rng": rng}
+
+    def _sync_learning_rate(self, executor):
+        """Writes ``optimizer.learning_rate`` (set by a user or a callback) into the state."""
+        lr = getattr(self.optimizer, "learning_rate", None)
+        if isinstance(lr, (int, float)) and lr != self._applied_lr:
+            self._opt_state = jax.device_put(
+                optimizers_lib.set_learning_rate(self._opt_state, float(lr)), executor.replicated)
+            self._applied_lr = lr
 
     def _store_train_state(self, ts):
         self._variables = _merge(ts["params"], ts["state"])
@@ -613,15 +623,26 @@ class Model:
         print_fn(f" Non-trainable params: {total - trainable:,}")
 
     def get_config(self) -> dict:
-        return {"name": self.name, **self.graph.to_config()}
+        def structure(struct, names):
+            if isinstance(struct, dict):
+                return {"dict": names}
+            return "list" if isinstance(struct, (list, tuple)) else "single"
+        return {"name": self.name, **self.graph.to_config(),
+                "input_structure": structure(self._input_struct, self.input_names),
+                "output_structure": structure(self._output_struct, self.output_names)}
 
     @classmethod
     def from_config(cls, config: dict) -> "Model":
         from hybridnet.layers import get_layer_class
         graph = Graph.from_config(config, get_layer_class)
-        inputs = graph.inputs if len(graph.inputs) > 1 else graph.inputs[0]
-        outputs = graph.outputs if len(graph.outputs) > 1 else graph.outputs[0]
-        return cls(inputs, outputs, name=config.get("name"))
+
+        def restructure(tensors, structure):
+            if isinstance(structure, dict):
+                return dict(zip(structure["dict"], tensors))
+            return tensors[0] if structure == "single" and len(tensors) == 1 else tensors
+        return cls(restructure(graph.inputs, config.get("input_structure", "list")),
+                   restructure(graph.outputs, config.get("output_structure", "list")),
+                   name=config.get("name"))
 
     def save(self, filepath, overwrite=True):
         """Saves config, weights and optimizer state to one file, atomically."""

@@ -53,27 +53,31 @@ def _get_array(zf: zipfile.ZipFile, name: str) -> np.ndarray:
     return np.load(io.BytesIO(zf.read(name)), allow_pickle=False)
 
 
-def _write_weights(zf, model) -> list[str]:
-    names = []
-    for layer in model.layers:
+def _weighted_layers(model):
+    return [layer for layer in model.layers if layer.weight_specs]
+
+
+def _write_weights(zf, model) -> list:
+    """Writes ``weights/<i>/<weight>.npy`` per weighted layer; returns the manifest."""
+    manifest = []
+    for i, layer in enumerate(_weighted_layers(model)):
         for w, value in zip(layer.weight_specs, layer.get_weights()):
-            name = f"weights/{layer.name}/{w}.npy"
-            _put_array(zf, name, value)
-            names.append(name)
-    return names
+            _put_array(zf, f"weights/{i}/{w}.npy", value)
+        manifest.append([layer.name, list(layer.weight_specs)])
+    return manifest
 
 
-def _read_weights(zf, model) -> None:
-    present = set(zf.namelist())
-    for layer in model.layers:
-        if not layer.weight_specs:
-            continue
-        names = [f"weights/{layer.name}/{w}.npy" for w in layer.weight_specs]
-        missing = [n for n in names if n not in present]
-        if missing:
-            raise ValueError(f"load: the file has no weights for layer '{layer.name}' "
-                             f"(missing {missing}).")
-        layer.set_weights([_get_array(zf, n) for n in names])
+def _read_weights(zf, model, manifest) -> None:
+    """Loads weights layer by layer in order (as Keras does), checking names and shapes."""
+    layers = _weighted_layers(model)
+    if len(layers) != len(manifest):
+        raise ValueError(f"load: the file holds weights for {len(manifest)} layers; model "
+                         f"'{model.name}' has {len(layers)} layers with weights.")
+    for i, (layer, (saved_name, saved_weights)) in enumerate(zip(layers, manifest)):
+        if list(layer.weight_specs) != saved_weights:
+            raise ValueError(f"load: layer '{layer.name}' has weights {list(layer.weight_specs)}"
+                             f" but the file's layer '{saved_name}' has {saved_weights}.")
+        layer.set_weights([_get_array(zf, f"weights/{i}/{w}.npy") for w in saved_weights])
 
 
 def _compile_config(model) -> dict | None:
@@ -107,8 +111,8 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
               "compile": _compile_config(model), "train_steps": model._train_step_count}
 
     def write(zf):
+        config["weights"] = _write_weights(zf, model)
         zf.writestr("config.json", json.dumps(config, indent=1))
-        _write_weights(zf, model)
         if config["compile"] is not None and model._opt_state is not None:
             for i, leaf in enumerate(jax.tree_util.tree_leaves(model._opt_state)):
                 _put_array(zf, f"optimizer/{i}.npy", leaf)
@@ -127,7 +131,7 @@ def load_model(filepath, compile: bool = True):
                              f"Received format={config.get('format')!r}")
         cls = {"Sequential": Sequential}.get(config["model"]["class_name"], Model)
         model = cls.from_config(config["model"]["config"])
-        _read_weights(zf, model)
+        _read_weights(zf, model, config["weights"])
         model._train_step_count = config.get("train_steps", 0)
         cc = config.get("compile")
         if compile and cc is not None:
@@ -163,12 +167,13 @@ def load_model(filepath, compile: bool = True):
 
 def save_weights(model, filepath, overwrite: bool = True) -> None:
     def write(zf):
+        manifest = _write_weights(zf, model)
         zf.writestr("config.json", json.dumps({"format": FORMAT, "version": VERSION,
-                                               "weights_only": True}))
-        _write_weights(zf, model)
+                                               "weights_only": True, "weights": manifest}))
     _atomic_write(filepath, overwrite, write)
 
 
 def load_weights(model, filepath) -> None:
     with zipfile.ZipFile(os.fspath(filepath)) as zf:
-        _read_weights(zf, model)
+        config = json.loads(zf.read("config.json"))
+        _read_weights(zf, model, config["weights"])

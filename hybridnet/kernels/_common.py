@@ -1,0 +1,293 @@
+"""Shared helpers for the Pallas kernels: backend detection, block-size
+defaults, compiler parameters, a small GPU autotuner and a batch-sharding
+wrapper.
+
+Nothing here reads global device state beyond ``jax.default_backend()`` when a
+caller leaves ``backend=None``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+BACKENDS = ("cpu", "gpu", "tpu")
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+
+# --------------------------------------------------------------------------
+# backend and interpret mode
+# --------------------------------------------------------------------------
+def resolve_backend(backend: str | None = None) -> str:
+    """Returns "cpu", "gpu" or "tpu". ``None`` means ``jax.default_backend()``.
+
+    "cuda" and "rocm" are accepted as spellings of "gpu", so the platform names
+    used by ``lower(lowering_platforms=...)`` can be passed straight through.
+    """
+    if backend is None:
+        backend = jax.default_backend()
+    b = str(backend).lower()
+    if b in ("cuda", "rocm"):
+        b = "gpu"
+    if b not in BACKENDS:
+        raise ValueError(
+            f"Argument `backend` must be one of {BACKENDS + ('cuda', 'rocm')} "
+            f"or None. Received: backend={backend!r}")
+    return b
+
+
+def resolve_interpret(interpret: bool | None, backend: str) -> bool:
+    """``interpret=None`` means True on CPU (the only way Pallas runs there)
+    and False on GPU/TPU."""
+    if interpret is None:
+        return backend == "cpu"
+    return bool(interpret)
+
+
+def compiler_params(backend: str, interpret: bool, *, num_warps: int = 4,
+                    num_stages: int = 2, dimension_semantics=None):
+    """Compiler parameters for ``pl.pallas_call``.
+
+    GPU: Triton parameters (``plgpu.CompilerParams``); a plain ``pallas_call``
+    on NVIDIA would lower through Mosaic GPU, whose lane semantics do not
+    lower ``dot_general``. TPU: Mosaic ``pltpu.CompilerParams`` with the grid
+    dimension semantics. CPU/interpret: None.
+    """
+    if interpret or backend == "cpu":
+        return None
+    if backend == "gpu":
+        from jax.experimental.pallas import triton as plgpu
+        return plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages)
+    from jax.experimental.pallas import tpu as pltpu
+    kw = {}
+    if dimension_semantics is not None:
+        kw["dimension_semantics"] = tuple(dimension_semantics)
+    return pltpu.CompilerParams(**kw)
+
+
+def gpu_barrier(backend: str, interpret: bool) -> None:
+    """``__syncthreads`` between phases of a kernel that reads back what other
+    threads of the same program wrote to an output ref (GPU only; TPU runs a
+    program sequentially and interpret mode has no threads)."""
+    if backend == "gpu" and not interpret:
+        from jax.experimental.pallas import triton as plgpu
+        plgpu.debug_barrier()
+
+
+# --------------------------------------------------------------------------
+# small arithmetic helpers
+# --------------------------------------------------------------------------
+def round_up(n: int, m: int) -> int:
+    return -(-int(n) // int(m)) * int(m)
+
+
+def next_pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def merge_block_sizes(kernel: str, defaults: Mapping[str, Any],
+                      given: Mapping[str, Any] | None) -> dict:
+    """Defaults overridden by ``given``; unknown keys raise a ValueError."""
+    out = dict(defaults)
+    if given is None:
+        return out
+    if not isinstance(given, Mapping):
+        raise ValueError(
+            f"Argument `block_sizes` of {kernel} must be a dict, None or "
+            f"'autotune'. Received: block_sizes={given!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"Argument `block_sizes` of {kernel} has unknown keys {unknown}; "
+            f"expected a subset of {sorted(defaults)}. Received: "
+            f"block_sizes={dict(given)!r}")
+    for k, v in given.items():
+        if v is not None and (not isinstance(v, int) or v <= 0):
+            raise ValueError(
+                f"Argument `block_sizes[{k!r}]` of {kernel} must be a positive "
+                f"int or None. Received: {v!r}")
+        out[k] = v
+    return out
+
+
+def check_dtype(kernel: str, name: str, dtype) -> str | None:
+    d = jnp.dtype(dtype)
+    if d not in SUPPORTED_DTYPES:
+        return (f"{kernel} supports float32 and bfloat16 for `{name}`. "
+                f"Received: {name}.dtype={d}")
+    return None
+
+
+# --------------------------------------------------------------------------
+# autotuning (GPU only) with an atomic JSON cache
+# --------------------------------------------------------------------------
+def cache_path() -> str:
+    """``$HYBRIDNET_CACHE_DIR/autotune.json`` or
+    ``~/.cache/hybridnet/autotune.json``."""
+    d = os.environ.get("HYBRIDNET_CACHE_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "hybridnet")
+    return os.path.join(d, "autotune.json")
+
+
+def load_cache(path: str | None = None) -> dict:
+    path = path or cache_path()
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_cache(data: dict, path: str | None = None) -> None:
+    """Writes the cache atomically: a temporary file in the same folder, then
+    ``os.replace`` (readers see the old or the new file, never half of one)."""
+    path = path or cache_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".autotune.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def cache_key(kernel: str, key: Mapping[str, Any], backend: str) -> str:
+    try:
+        kind = jax.devices(backend)[0].device_kind if backend != "cpu" else "cpu"
+    except RuntimeError:
+        kind = backend
+    return f"{kernel}|{kind}|{json.dumps(dict(key), sort_keys=True)}"
+
+
+def cached_block_sizes(kernel: str, key: Mapping[str, Any],
+                       backend: str) -> dict | None:
+    """A tuned choice from the cache, if one exists for this shape."""
+    if backend == "cpu":
+        return None
+    entry = load_cache().get(cache_key(kernel, key, backend))
+    return dict(entry["block_sizes"]) if entry else None
+
+
+def autotune(kernel: str, key: Mapping[str, Any],
+             candidates: Iterable[Mapping[str, Any]],
+             run: Callable[[Mapping[str, Any]], Any], backend: str, *,
+             iters: int = 5, force: bool = False) -> dict:
+    """Times ``run(block_sizes)`` for each candidate, caches and returns the
+    fastest. On CPU it returns the first candidate (the defaults) untimed.
+
+    ``run`` must build and execute the computation on concrete arrays and
+    return something to ``block_until_ready``. Candidates that fail to compile
+    are skipped. Every timing is recorded in the cache entry.
+    """
+    candidates = [dict(c) for c in candidates]
+    if backend == "cpu":
+        return candidates[0]
+    ck = cache_key(kernel, key, backend)
+    cache = load_cache()
+    if ck in cache and not force:
+        return dict(cache[ck]["block_sizes"])
+    timings = []
+    for cand in candidates:
+        try:
+            jax.block_until_ready(run(cand))  # compile + warm up
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                out = run(cand)
+            jax.block_until_ready(out)
+            timings.append(((time.perf_counter() - t0) / iters, cand))
+        except Exception as e:  # a candidate that does not compile
+            timings.append((float("inf"), {**cand, "_error": str(e)[:200]}))
+    best = min(timings, key=lambda tc: tc[0])
+    if best[0] == float("inf"):
+        return candidates[0]
+    cache = load_cache()  # re-read: another process may have written
+    cache[ck] = {"block_sizes": best[1],
+                 "timings_s": [[t, c] for t, c in timings]}
+    save_cache(cache)
+    return best[1]
+
+
+# --------------------------------------------------------------------------
+# data-parallel wrapper
+# --------------------------------------------------------------------------
+def _shard_map():
+    if hasattr(jax, "shard_map"):
+        return jax.shard_map, "check_vma"
+    from jax.experimental.shard_map import shard_map  # older jax
+    return shard_map, "check_rep"
+
+
+def _has_explicit_axes(mesh) -> bool:
+    axis_type = getattr(jax.sharding, "AxisType", None)
+    types = getattr(mesh, "axis_types", None)
+    if axis_type is None or not types:
+        return False
+    return any(t == axis_type.Explicit for t in types)
+
+
+def shard_batch(fn: Callable, mesh, axis: str = "data", *,
+                batch_argnums: Iterable[int] = (0,)) -> Callable:
+    """Runs ``fn`` per batch shard with ``jax.shard_map`` so that the compiler
+    never gathers the batch around a kernel.
+
+    Positional arguments listed in ``batch_argnums`` are split along their
+    leading axis over mesh axis ``axis``; the others (weights) are replicated.
+    Every output is sharded along its leading axis. Pass keyword options by
+    closing over them (``functools.partial``). Gradients of replicated
+    arguments are summed over the shards by ``shard_map``'s transpose.
+
+    Example:
+        >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        >>> f = shard_batch(functools.partial(conv2d, padding="same"), mesh)
+        >>> y = f(x, w, b)          # x: (N, H, W, C), N divisible by shards
+    """
+    batch_argnums = tuple(batch_argnums)
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"Argument `axis` must name an axis of `mesh` "
+            f"{tuple(mesh.axis_names)}. Received: axis={axis!r}")
+    smap, check_kw = _shard_map()
+
+    def wrapped(*args):
+        nshard = mesh.shape[axis]
+        specs = []
+        for i, a in enumerate(args):
+            if i in batch_argnums and a is not None:
+                for leaf in jax.tree_util.tree_leaves(a):
+                    if leaf.shape[0] % nshard:
+                        raise ValueError(
+                            f"Argument {i} of the sharded function has leading "
+                            f"(batch) size {leaf.shape[0]}, which is not "
+                            f"divisible by the {nshard} shards of mesh axis "
+                            f"{axis!r}. Received: shape={tuple(leaf.shape)}")
+                specs.append(P(axis))
+            else:
+                specs.append(P())
+        if _has_explicit_axes(mesh):
+            # Explicit-axis meshes (the jax.make_mesh default in jax 0.10)
+            # require arguments already laid out as in_specs says.
+            args = tuple(
+                a if a is None else jax.tree_util.tree_map(
+                    lambda v, s=s: jax.reshard(v, NamedSharding(mesh, s)), a)
+                for a, s in zip(args, specs))
+        return smap(fn, mesh=mesh, in_specs=tuple(specs), out_specs=P(axis),
+                    **{check_kw: False})(*args)
+
+    return wrapped

@@ -1,0 +1,552 @@
+"""Keras-compatible LSTM as a Pallas recurrence with a Pallas
+backward-through-time kernel under ``jax.custom_vjp``.
+
+Layout and maths are Keras 3's: ``kernel`` (D, 4U), ``recurrent_kernel``
+(U, 4U), ``bias`` (4U,), gate order i, f, c (g), o; ``i, f, o = sigmoid``,
+``g = tanh``; ``c' = f*c + i*g``, ``h' = o*tanh(c')``. Where ``mask[b, t]``
+is False the state (h, c) is carried unchanged and the output at that step
+is the carried h (Keras 3 ``RNN`` with ``zero_output_for_mask=False``).
+``go_backwards`` processes the reversed sequence and returns outputs in
+processing order (reversed), as Keras does.
+
+Structure
+---------
+* The input projection ``x @ kernel + bias`` for all steps is one big matmul
+  outside the recurrence (plain jnp, float32 accumulation; JAX differentiates
+  it, which yields the x, kernel and bias gradients from ``dz``).
+* Forward kernel: grid over batch tiles; inside, a ``fori_loop`` over time.
+  Per step the four gates are one ``h @ R`` product ((B, U) x (U, 4U)),
+  computed per hidden chunk of ``block_u`` units as a sum over ``block_k``
+  chunks of h; sigmoid/tanh and the cell update are fused. The kernel writes
+  h and c per step and the gate activations.
+* Backward kernel (reverse ``fori_loop`` over time): per step the fused
+  element-wise part gives ``dz`` (gate pre-activation gradients) and
+  ``dc_{t-1}``; then ``dh_{t-1} = dz @ R^T``. It outputs ``dz`` for all steps
+  and ``dh0``, ``dc0``. ``dR = sum_t h_{t-1}^T dz_t`` is one large matmul
+  outside the kernel.
+* Saved for backward (the choice): the gate activations (T, B, 4U) float32,
+  plus h and c per step. Saving costs 4*T*B*U floats but spares the backward
+  pass a second recurrent matmul per step (recomputing the gates would need
+  ``h_{t-1} @ R`` again, doubling the serial matmul work in the backward).
+
+Block sizes (``block_sizes=`` dict): ``block_b`` batch rows per program (the
+only parallel grid axis), ``block_u`` hidden units per chunk, ``block_k``
+contraction chunk, ``num_warps``/``num_stages`` (Triton). ``None`` means the
+whole dimension. On GPU the per-step phases are separated by a thread
+barrier (the kernel reads back h written by other threads of its program).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from . import _common as C
+
+__all__ = ["lstm", "lstm_reference", "supports_lstm",
+           "default_lstm_block_sizes"]
+
+_DEFAULTS = {
+    "cpu": dict(block_b=None, block_u=None, block_k=None, num_warps=4,
+                num_stages=2),
+    "gpu": dict(block_b=16, block_u=32, block_k=32, num_warps=4,
+                num_stages=2),
+    "tpu": dict(block_b=8, block_u=128, block_k=128, num_warps=4,
+                num_stages=2),
+}
+
+
+def default_lstm_block_sizes(backend: str | None = None) -> dict:
+    """The default ``block_sizes`` dict of :func:`lstm` for a backend."""
+    return dict(_DEFAULTS[C.resolve_backend(backend)])
+
+
+# --------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------
+def supports_lstm(x_shape=None, units=None, *, dtype=jnp.float32,
+                  w_dtype=None, activation="tanh",
+                  recurrent_activation="sigmoid", use_bias=True, unroll=False,
+                  dropout=0.0, recurrent_dropout=0.0, backend=None
+                  ) -> tuple[bool, str]:
+    """Whether the Pallas LSTM kernel handles a configuration.
+
+    Returns ``(ok, reason)``; ``reason`` is "" when ok, else one line naming
+    the argument. (``use_bias=False`` is fine: pass a zero bias.)
+
+    Example:
+        >>> supports_lstm((32, 10, 8), 16, recurrent_activation="hard_sigmoid")
+        (False, "lstm kernel supports recurrent_activation='sigmoid' only. Received: recurrent_activation='hard_sigmoid'")
+    """
+    try:
+        C.resolve_backend(backend)
+        if activation not in ("tanh",):
+            raise ValueError("lstm kernel supports activation='tanh' only. "
+                             f"Received: activation={activation!r}")
+        if recurrent_activation not in ("sigmoid",):
+            raise ValueError("lstm kernel supports recurrent_activation="
+                             "'sigmoid' only. Received: "
+                             f"recurrent_activation={recurrent_activation!r}")
+        if unroll:
+            raise ValueError("lstm kernel does not unroll. Received: "
+                             f"unroll={unroll!r}")
+        if recurrent_dropout:
+            raise ValueError("lstm kernel does not support recurrent_dropout. "
+                             f"Received: recurrent_dropout={recurrent_dropout!r}")
+        del dropout, use_bias  # input dropout is applied before the kernel
+        for name, d in (("x", dtype),
+                        ("kernel", w_dtype if w_dtype is not None else dtype)):
+            msg = C.check_dtype("lstm kernel", name, d)
+            if msg:
+                raise ValueError(msg)
+        if x_shape is not None and len(x_shape) != 3:
+            raise ValueError("Argument `x` of lstm must be (batch, time, "
+                             f"features). Received: x.shape={tuple(x_shape)}")
+        if units is not None and units < 1:
+            raise ValueError(f"Argument `units` must be >= 1. Received: "
+                             f"units={units!r}")
+    except ValueError as e:
+        return False, str(e)
+    return True, ""
+
+
+def _prepare(x, kernel, recurrent_kernel, bias, initial_state, mask, lengths,
+             name):
+    if x.ndim != 3:
+        raise ValueError(f"Argument `x` of {name} must be (batch, time, "
+                         f"features). Received: x.shape={x.shape}")
+    b, t, d = x.shape
+    if kernel.ndim != 2 or kernel.shape[0] != d or kernel.shape[1] % 4:
+        raise ValueError(f"Argument `kernel` of {name} must be (D, 4U) = "
+                         f"({d}, 4U). Received: kernel.shape={kernel.shape}")
+    u = kernel.shape[1] // 4
+    if recurrent_kernel.shape != (u, 4 * u):
+        raise ValueError(f"Argument `recurrent_kernel` of {name} must be "
+                         f"({u}, {4 * u}). Received: "
+                         f"recurrent_kernel.shape={recurrent_kernel.shape}")
+    if bias is None:
+        bias = jnp.zeros((4 * u,), kernel.dtype)
+    if bias.shape != (4 * u,):
+        raise ValueError(f"Argument `bias` of {name} must be ({4 * u},). "
+                         f"Received: bias.shape={bias.shape}")
+    if mask is not None and lengths is not None:
+        raise ValueError(f"{name}: pass either `mask` or `lengths`, not both. "
+                         f"Received: mask.shape={mask.shape}, "
+                         f"lengths.shape={lengths.shape}")
+    if lengths is not None:
+        if lengths.shape != (b,):
+            raise ValueError(f"Argument `lengths` of {name} must be ({b},). "
+                             f"Received: lengths.shape={lengths.shape}")
+        mask = jnp.arange(t)[None, :] < lengths[:, None]
+    if mask is not None:
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        if mask.shape != (b, t):
+            raise ValueError(f"Argument `mask` of {name} must be ({b}, {t}). "
+                             f"Received: mask.shape={mask.shape}")
+        mask = mask.astype(bool)
+    if initial_state is None:
+        h0 = jnp.zeros((b, u), jnp.float32)
+        c0 = jnp.zeros((b, u), jnp.float32)
+    else:
+        try:
+            h0, c0 = initial_state
+        except (TypeError, ValueError):
+            raise ValueError(f"Argument `initial_state` of {name} must be a "
+                             f"pair (h0, c0). Received: {initial_state!r}"
+                             ) from None
+        for nm, s in (("h0", h0), ("c0", c0)):
+            if s.shape != (b, u):
+                raise ValueError(f"Argument `initial_state` of {name}: {nm} "
+                                 f"must be ({b}, {u}). Received: "
+                                 f"{nm}.shape={s.shape}")
+    dtype = jnp.result_type(x.dtype, kernel.dtype, recurrent_kernel.dtype)
+    return bias, mask, h0, c0, u, dtype
+
+
+# --------------------------------------------------------------------------
+# reference
+# --------------------------------------------------------------------------
+def lstm_reference(x, kernel, recurrent_kernel, bias, *, initial_state=None,
+                   mask=None, lengths=None, return_sequences=True,
+                   go_backwards=False, block_sizes=None, interpret=None,
+                   backend=None):
+    """``lax.scan`` reference for :func:`lstm` (same signature and results;
+    ``block_sizes``/``interpret``/``backend`` are ignored).
+
+    Example:
+        >>> out, h, c = lstm_reference(x, k, r, b, lengths=jnp.array([3, 5]))
+    """
+    del block_sizes, interpret, backend
+    bias, mask, h0, c0, u, dtype = _prepare(
+        x, kernel, recurrent_kernel, bias, initial_state, mask, lengths,
+        "lstm_reference")
+    b, t, _ = x.shape
+    if mask is None:
+        mask = jnp.ones((b, t), bool)
+    if go_backwards:
+        x = jnp.flip(x, 1)
+        mask = jnp.flip(mask, 1)
+    xp = jnp.einsum("btd,dg->tbg", x.astype(dtype), kernel.astype(dtype),
+                    preferred_element_type=jnp.float32)
+    xp = xp + bias.astype(jnp.float32)
+    r = recurrent_kernel.astype(dtype)
+
+    def step(carry, inp):
+        h, c = carry
+        z, m = inp
+        z = z + jnp.dot(h.astype(dtype), r, preferred_element_type=jnp.float32)
+        i = jax.nn.sigmoid(z[:, :u])
+        f = jax.nn.sigmoid(z[:, u:2 * u])
+        g = jnp.tanh(z[:, 2 * u:3 * u])
+        o = jax.nn.sigmoid(z[:, 3 * u:])
+        c2 = f * c + i * g
+        h2 = o * jnp.tanh(c2)
+        m = m[:, None]
+        h2 = jnp.where(m, h2, h)
+        c2 = jnp.where(m, c2, c)
+        return (h2, c2), h2
+
+    (h, c), hs = lax.scan(step, (h0.astype(jnp.float32),
+                                 c0.astype(jnp.float32)), (xp, mask.T))
+    out = jnp.swapaxes(hs, 0, 1) if return_sequences else h
+    return out.astype(dtype), h.astype(dtype), c.astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    t: int
+    bp: int
+    up: int
+    bb: int
+    bu: int
+    bk: int
+    backend: str
+    interpret: bool
+    num_warps: int
+    num_stages: int
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + jnp.exp(-v))
+
+
+def _params(cfg, n_grid):
+    return C.compiler_params(cfg.backend, cfg.interpret,
+                             num_warps=cfg.num_warps,
+                             num_stages=cfg.num_stages,
+                             dimension_semantics=("parallel",) * n_grid)
+
+
+def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
+    """xp (T, Bp, 4Up) f32, r (Up, 4Up), h0/c0 (Bp, Up) f32, m (T, Bp, 1) f32
+    -> h_all, c_all (T+1, Bp, Up) f32 (index 0 = initial), gates (T, Bp, 4Up)."""
+    t, bp, _ = xp.shape
+    up, bb, bu, bk = cfg.up, cfg.bb, cfg.bu, cfg.bk
+    nu, nk = up // bu, up // bk
+
+    def kernel(xp_ref, r_ref, h0_ref, c0_ref, m_ref, h_ref, c_ref, g_ref):
+        h_ref[0] = h0_ref[...]
+        c_ref[0] = c0_ref[...]
+        C.gpu_barrier(cfg.backend, cfg.interpret)
+
+        def step(s, carry):
+            keep = m_ref[s] > 0.0  # (bb, 1)
+
+            def chunk(j, c2):
+                u0 = pl.multiple_of(j * bu, bu)
+                zs = [xp_ref[s, :, pl.ds(q * up + u0, bu)] for q in range(4)]
+
+                def kloop(kk, zs):
+                    k0 = pl.multiple_of(kk * bk, bk)
+                    hk = h_ref[s, :, pl.ds(k0, bk)].astype(r_ref.dtype)
+                    return tuple(
+                        z + jnp.dot(hk, r_ref[pl.ds(k0, bk), pl.ds(q * up + u0, bu)],
+                                    preferred_element_type=jnp.float32)
+                        for q, z in enumerate(zs))
+
+                zs = lax.fori_loop(0, nk, kloop, tuple(zs))
+                i = _sigmoid(zs[0])
+                f = _sigmoid(zs[1])
+                g = jnp.tanh(zs[2])
+                o = _sigmoid(zs[3])
+                c_prev = c_ref[s, :, pl.ds(u0, bu)]
+                h_prev = h_ref[s, :, pl.ds(u0, bu)]
+                c_new = f * c_prev + i * g
+                h_new = o * jnp.tanh(c_new)
+                c_ref[s + 1, :, pl.ds(u0, bu)] = jnp.where(keep, c_new, c_prev)
+                h_ref[s + 1, :, pl.ds(u0, bu)] = jnp.where(keep, h_new, h_prev)
+                for q, v in enumerate((i, f, g, o)):
+                    g_ref[s, :, pl.ds(q * up + u0, bu)] = v
+                return c2
+
+            lax.fori_loop(0, nu, chunk, 0)
+            C.gpu_barrier(cfg.backend, cfg.interpret)
+            return carry
+
+        lax.fori_loop(0, t, step, 0)
+
+    seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
+    st = lambda w: pl.BlockSpec((t + 1, bb, w), lambda b: (0, b, 0))
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32)),
+        grid=(bp // bb,),
+        in_specs=[seq(4 * up),
+                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                  seq(1)],
+        out_specs=(st(up), st(up), seq(4 * up)),
+        compiler_params=_params(cfg, 1),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_fwd",
+    )(xp, r, h0, c0, m)
+
+
+def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
+    """-> dz (T, Bp, 4Up) f32, dh0, dc0 (Bp, Up) f32."""
+    t, bp, _ = gates.shape
+    up, bb, bu, bk = cfg.up, cfg.bb, cfg.bu, cfg.bk
+    nu, nk4 = up // bu, (4 * up) // bk
+
+    def kernel(g_ref, c_ref, m_ref, r_ref, dh_ref, dc_ref,
+               dz_ref, dh0_ref, dc0_ref):
+        # dh0_ref / dc0_ref double as the running carries.
+        dh0_ref[...] = jnp.zeros(dh0_ref.shape, jnp.float32)
+        dc0_ref[...] = jnp.zeros(dc0_ref.shape, jnp.float32)
+        C.gpu_barrier(cfg.backend, cfg.interpret)
+
+        def step(s, carry):
+            tt = t - 1 - s
+            keep = m_ref[tt] > 0.0
+
+            def elementwise(j, c2):
+                u0 = pl.multiple_of(j * bu, bu)
+                ch = pl.ds(u0, bu)
+                dh = dh0_ref[:, ch] + dh_ref[tt, :, ch]
+                dc = dc0_ref[:, ch] + dc_ref[tt, :, ch]
+                i, f, g, o = (g_ref[tt, :, pl.ds(q * up + u0, bu)]
+                              for q in range(4))
+                tc = jnp.tanh(c_ref[tt + 1, :, ch])
+                c_prev = c_ref[tt, :, ch]
+                dcn = dc + dh * o * (1.0 - tc * tc)
+                dzs = (dcn * g * i * (1.0 - i),
+                       dcn * c_prev * f * (1.0 - f),
+                       dcn * i * (1.0 - g * g),
+                       dh * tc * o * (1.0 - o))
+                for q, v in enumerate(dzs):
+                    dz_ref[tt, :, pl.ds(q * up + u0, bu)] = jnp.where(
+                        keep, v, jnp.zeros_like(v))
+                dc0_ref[:, ch] = jnp.where(keep, dcn * f, dc)
+                dh0_ref[:, ch] = dh  # total dh_t, for the masked pass-through
+                return c2
+
+            lax.fori_loop(0, nu, elementwise, 0)
+            C.gpu_barrier(cfg.backend, cfg.interpret)
+
+            def recurrent(j, c2):
+                u0 = pl.multiple_of(j * bu, bu)
+
+                def kloop(kk, acc):
+                    k0 = pl.multiple_of(kk * bk, bk)
+                    dzk = dz_ref[tt, :, pl.ds(k0, bk)].astype(r_ref.dtype)
+                    rk = r_ref[pl.ds(u0, bu), pl.ds(k0, bk)]
+                    return acc + lax.dot_general(
+                        dzk, rk, (((1,), (1,)), ((), ())),
+                        preferred_element_type=jnp.float32)
+
+                acc = lax.fori_loop(0, nk4, kloop,
+                                    jnp.zeros((bb, bu), jnp.float32))
+                ch = pl.ds(u0, bu)
+                dh0_ref[:, ch] = jnp.where(keep, acc, dh0_ref[:, ch])
+                return c2
+
+            lax.fori_loop(0, nu, recurrent, 0)
+            C.gpu_barrier(cfg.backend, cfg.interpret)
+            return carry
+
+        lax.fori_loop(0, t, step, 0)
+
+    seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
+    st = pl.BlockSpec((bb, up), lambda b: (b, 0))
+    return pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
+                   jax.ShapeDtypeStruct((bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((bp, up), jnp.float32)),
+        grid=(bp // bb,),
+        in_specs=[seq(4 * up),
+                  pl.BlockSpec((t + 1, bb, up), lambda b: (0, b, 0)),
+                  seq(1),
+                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                  seq(up), seq(up)],
+        out_specs=(seq(4 * up), st, st),
+        compiler_params=_params(cfg, 1),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_bwd",
+    )(gates, c_all, m, r, dh_seq, dc_seq)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _lstm_core(xp, r, h0, c0, m, cfg):
+    h_all, c_all, _ = _fwd_kernel_call(xp, r, h0, c0, m, cfg)
+    return h_all[1:], c_all[1:]
+
+
+def _lstm_core_fwd(xp, r, h0, c0, m, cfg):
+    h_all, c_all, gates = _fwd_kernel_call(xp, r, h0, c0, m, cfg)
+    return (h_all[1:], c_all[1:]), (gates, h_all, c_all, m, r)
+
+
+def _lstm_core_bwd(cfg, res, cts):
+    gates, h_all, c_all, m, r = res
+    dh_seq, dc_seq = cts
+    dz, dh0, dc0 = _bwd_kernel_call(gates, c_all, m, r,
+                                    dh_seq.astype(jnp.float32),
+                                    dc_seq.astype(jnp.float32), cfg)
+    dr = jnp.einsum("tbu,tbg->ug", h_all[:-1].astype(r.dtype),
+                    dz.astype(r.dtype), preferred_element_type=jnp.float32)
+    return dz, dr.astype(r.dtype), dh0, dc0, jnp.zeros_like(m)
+
+
+_lstm_core.defvjp(_lstm_core_fwd, _lstm_core_bwd)
+
+
+# --------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------
+def lstm(x, kernel, recurrent_kernel, bias, *, initial_state=None, mask=None,
+         lengths=None, return_sequences=True, go_backwards=False,
+         block_sizes=None, interpret=None, backend=None):
+    """Keras-compatible LSTM layer computation with a Pallas recurrence.
+
+    Args:
+      x: (B, T, D) float32 or bfloat16.
+      kernel: (D, 4U); recurrent_kernel: (U, 4U); bias: (4U,) or None.
+        Gate order i, f, c, o (Keras).
+      initial_state: optional pair (h0, c0), each (B, U).
+      mask: optional (B, T) bool (False = skip step, carry state); or
+      lengths: optional (B,) int, meaning ``mask = t < lengths``.
+      return_sequences: outputs (B, T, U) if True, else the last output (B, U).
+      go_backwards: process the reversed sequence; outputs come in
+        processing (reversed) order, as in Keras.
+      block_sizes: None (per-backend defaults), or a dict overriding
+        ``block_b``, ``block_u``, ``block_k``, ``num_warps``, ``num_stages``,
+        or "autotune" (GPU: time candidates once per shape and cache them).
+      interpret: None = True on CPU, False elsewhere.
+      backend: "cpu"/"gpu"/"tpu" (or "cuda"/"rocm"); None = default backend.
+
+    Returns:
+      ``(outputs, h_T, c_T)`` in ``result_type(x, kernel, recurrent_kernel)``;
+      the recurrence state and all accumulation are float32. Differentiable
+      w.r.t. x, kernel, recurrent_kernel, bias and initial_state
+      (custom_vjp, Pallas backward-through-time kernel, gates saved in the
+      forward).
+
+    Example:
+        >>> x = jnp.ones((4, 7, 3)); k = jnp.ones((3, 32)) * .1
+        >>> r = jnp.ones((8, 32)) * .1; b = jnp.zeros(32)
+        >>> out, h, c = lstm(x, k, r, b, lengths=jnp.array([7, 5, 2, 0]))
+        >>> out.shape, h.shape
+        ((4, 7, 8), (4, 8))
+    """
+    backend = C.resolve_backend(backend)
+    ok, why = supports_lstm(x.shape, dtype=x.dtype, w_dtype=kernel.dtype,
+                            backend=backend)
+    if not ok:
+        raise ValueError(why)
+    for nm, a in (("recurrent_kernel", recurrent_kernel),):
+        msg = C.check_dtype("lstm kernel", nm, a.dtype)
+        if msg:
+            raise ValueError(msg)
+    bias, mask, h0, c0, u, dtype = _prepare(
+        x, kernel, recurrent_kernel, bias, initial_state, mask, lengths, "lstm")
+    interpret = C.resolve_interpret(interpret, backend)
+    b, t, _ = x.shape
+    bs = _block_sizes(block_sizes, b, t, x.shape[2], u, dtype, backend,
+                      interpret)
+    bb = bs["block_b"] or b
+    bu = bs["block_u"] or u
+    bk = bs["block_k"] or u
+    up = C.round_up(u, max(bu, bk))
+    if up % bu or up % bk:
+        up = C.round_up(u, bu * bk)
+    bp = C.round_up(b, bb)
+    cfg = _Cfg(t=t, bp=bp, up=up, bb=bb, bu=bu, bk=bk, backend=backend,
+               interpret=interpret, num_warps=bs["num_warps"],
+               num_stages=bs["num_stages"])
+
+    if mask is None:
+        mask = jnp.ones((b, t), bool)
+    if go_backwards:
+        x = jnp.flip(x, 1)
+        mask = jnp.flip(mask, 1)
+    # input projection for all steps: one matmul outside the recurrence
+    xp = jnp.einsum("btd,dg->tbg", x.astype(dtype), kernel.astype(dtype),
+                    preferred_element_type=jnp.float32)
+    xp = xp + bias.astype(jnp.float32)
+    pad_u = up - u
+    xp = jnp.pad(xp.reshape(t, b, 4, u),
+                 ((0, 0), (0, bp - b), (0, 0), (0, pad_u))).reshape(t, bp, 4 * up)
+    r = jnp.pad(recurrent_kernel.astype(dtype).reshape(u, 4, u),
+                ((0, pad_u), (0, 0), (0, pad_u))).reshape(up, 4 * up)
+    pad_s = lambda s: jnp.pad(s.astype(jnp.float32), ((0, bp - b), (0, pad_u)))
+    m = jnp.pad(mask.T.astype(jnp.float32), ((0, 0), (0, bp - b)))[..., None]
+    h_seq, c_seq = _lstm_core(xp, r, pad_s(h0), pad_s(c0), m, cfg)
+    h_seq = h_seq[:, :b, :u]
+    h_t = h_seq[-1]
+    c_t = c_seq[-1, :b, :u]
+    out = jnp.swapaxes(h_seq, 0, 1) if return_sequences else h_t
+    return out.astype(dtype), h_t.astype(dtype), c_t.astype(dtype)
+
+
+def _block_sizes(block_sizes, b, t, d, u, dtype, backend, interpret):
+    defaults = _DEFAULTS[backend]
+    key = dict(b=b, t=t, d=d, u=u, dtype=str(jnp.dtype(dtype)))
+    if isinstance(block_sizes, str):
+        if block_sizes != "autotune":
+            raise ValueError("Argument `block_sizes` must be a dict, None or "
+                             f"'autotune'. Received: block_sizes={block_sizes!r}")
+        if backend == "cpu" or interpret:
+            return dict(defaults)
+        return _autotune(key, b, t, d, u, dtype, backend)
+    if block_sizes is None and backend != "cpu":
+        cached = C.cached_block_sizes("lstm", key, backend)
+        if cached:
+            return C.merge_block_sizes("lstm", defaults, cached)
+    return C.merge_block_sizes("lstm", defaults, block_sizes)
+
+
+def _autotune(key, b, t, d, u, dtype, backend):
+    with jax.ensure_compile_time_eval():
+        ks = jax.random.split(jax.random.PRNGKey(0), 3)
+        x = jax.random.normal(ks[0], (b, t, d), dtype)
+        k = (jax.random.normal(ks[1], (d, 4 * u)) * 0.05).astype(dtype)
+        r = (jax.random.normal(ks[2], (u, 4 * u)) * 0.05).astype(dtype)
+        bias = jnp.zeros((4 * u,), dtype)
+
+        def run(bs):
+            def loss(x, k, r, bias):
+                return jnp.sum(lstm(x, k, r, bias, block_sizes=bs,
+                                    backend=backend)[0].astype(jnp.float32))
+            return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, k, r, bias)
+
+        base = _DEFAULTS[backend]
+        cands = [dict(base)]
+        if backend == "gpu":
+            for bb, bu, bk, nw in ((16, 64, 32, 4), (32, 32, 32, 4),
+                                   (16, 64, 64, 8), (32, 64, 32, 8)):
+                cands.append({**base, "block_b": bb, "block_u": bu,
+                              "block_k": bk, "num_warps": nw})
+        return C.autotune("lstm", key, cands, run, backend)
