@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import metrics as metrics_lib
@@ -100,7 +101,7 @@ class Executor:
     """
 
     def __init__(self, run: Callable, plan: Plan, trainable: dict, optimizer=None, loss=None,
-                 metrics: MetricsContainer | None = None, num_outputs: int = 1):
+                 metrics: MetricsContainer | None = None, num_outputs: int = 1, seed: int = 0):
         self.run = run
         self.plan = plan
         self.mesh = plan.mesh()
@@ -113,7 +114,12 @@ class Executor:
         weight_sh = plan.weight_shardings(self.mesh)
         self.params_sharding = _select(weight_sh, trainable, True)
         self.state_sharding = _select(weight_sh, trainable, False)
+        self.seed = seed
         self._compiled: dict = {}
+        if metrics is not None:
+            # All metric states travel as one flat vector: fewer arrays per dispatch.
+            flat, self._unravel_metrics = ravel_pytree(metrics.init())
+            self._metrics_flat = np.asarray(flat)  # host copy: each epoch gets a fresh buffer
 
     # ------------------------------------------------------------ placement
     def place_variables(self, params, state):
@@ -127,7 +133,7 @@ class Executor:
         return jax.jit(self.tx.init, out_shardings=shardings)(params)
 
     def init_metrics(self):
-        return jax.device_put(self.metrics.init(), self.replicated)
+        return jax.device_put(self._metrics_flat, self.replicated)
 
     def batch_sharding(self, batch_size: int):
         return self.plan.batch_sharding(self.mesh, batch_size)
@@ -142,23 +148,27 @@ class Executor:
         new_state = _apply_updates(state, updates)
         return loss, (parts, outputs, masks, new_state, y_true, sws)
 
+    def _update_metrics(self, flat, *args):
+        return ravel_pytree(self.metrics.update(self._unravel_metrics(flat), *args))[0]
+
     def _train_step(self, ts, x, y, sw):
-        rng = jax.random.fold_in(ts["rng"], ts["step"])
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), ts["step"])
         grad_fn = jax.value_and_grad(self._loss_fn, has_aux=True)
         (loss, (parts, outputs, masks, new_state, y_true, sws)), grads = grad_fn(
             ts["params"], ts["state"], x, y, sw, rng)
         updates, opt_state = self.tx.update(grads, ts["opt_state"], ts["params"])
         params = optax.apply_updates(ts["params"], updates)
         batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
-        metrics = self.metrics.update(ts["metrics"], loss, parts, batch_size, y_true, outputs, sws,
-                                      masks)
+        metrics = self._update_metrics(ts["metrics"], loss, parts, batch_size, y_true, outputs,
+                                       sws, masks)
         return {**ts, "params": params, "state": new_state, "opt_state": opt_state,
                 "metrics": metrics, "step": ts["step"] + 1}
 
     def _train_steps(self, ts, xs, ys, sws):
         def body(carry, batch):
             return self._train_step(carry, *batch), None
-        ts, _ = jax.lax.scan(body, ts, (xs, ys, sws))
+        # Unrolled: XLA:CPU runs convolution gradients inside a rolled loop many times slower.
+        ts, _ = jax.lax.scan(body, ts, (xs, ys, sws), unroll=True)
         return ts
 
     def _eval_step(self, params, state, mstate, x, y, sw):
@@ -168,7 +178,7 @@ class Executor:
             [None] * self.num_outputs)
         loss, parts = self.loss(y_true, outputs, sws, masks)
         batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
-        return self.metrics.update(mstate, loss, parts, batch_size, y_true, outputs, sws, masks)
+        return self._update_metrics(mstate, loss, parts, batch_size, y_true, outputs, sws, masks)
 
     def _predict_step(self, params, state, x):
         outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None)
@@ -176,40 +186,36 @@ class Executor:
 
     # ---------------------------------------------------------- compiled
     def _jit(self, kind: str, batch_size: int, build: Callable):
-        key = (kind, self.batch_sharding(batch_size).spec)
-        fn = self._compiled.get(key)
+        fn = self._compiled.get((kind, batch_size))
         if fn is None:
-            fn = self._compiled[key] = build(self.batch_sharding(batch_size))
+            fn = self._compiled[(kind, batch_size)] = build(self.batch_sharding(batch_size))
         return fn
 
-    def train_state_sharding(self, ts):
+    def train_state_sharding(self):
         return {"params": self.params_sharding, "state": self.state_sharding,
-                "opt_state": jax.tree_util.tree_map(lambda _: self.replicated, ts["opt_state"]),
-                "metrics": jax.tree_util.tree_map(lambda _: self.replicated, ts["metrics"]),
-                "step": self.replicated, "rng": self.replicated}
+                "opt_state": self.replicated, "metrics": self.replicated,
+                "step": self.replicated}
 
-    def train(self, ts, x, y, sw, batch_size: int):
+    def train_fn(self, batch_size: int, steps: int = 1) -> Callable:
+        """The compiled ``(train_state, x, y, sw) -> train_state`` for this batch size;
+        with ``steps > 1`` it runs that many stacked batches in one dispatch (Keras'
+        ``steps_per_execution``)."""
         def build(batch_sh):
-            ts_sh = self.train_state_sharding(ts)
-            return jax.jit(self._train_step, in_shardings=(ts_sh, batch_sh, batch_sh, batch_sh),
-                           out_shardings=ts_sh, donate_argnums=0)
-        return self._jit("train", batch_size, build)(ts, x, y, sw)
-
-    def train_many(self, ts, xs, ys, sws, batch_size: int):
-        """Runs ``len(xs)`` steps in one dispatch (Keras ``steps_per_execution``)."""
-        def build(batch_sh):
-            ts_sh = self.train_state_sharding(ts)
+            ts_sh = self.train_state_sharding()
+            if steps == 1:
+                return jax.jit(self._train_step, in_shardings=(ts_sh, batch_sh, batch_sh,
+                                                               batch_sh),
+                               out_shardings=ts_sh, donate_argnums=0)
             stacked = NamedSharding(self.mesh, PartitionSpec(None, *batch_sh.spec))
             return jax.jit(self._train_steps, in_shardings=(ts_sh, stacked, stacked, stacked),
                            out_shardings=ts_sh, donate_argnums=0)
-        return self._jit("train_many", batch_size, build)(ts, xs, ys, sws)
+        return self._jit(f"train{steps}", batch_size, build)
 
     def evaluate(self, params, state, mstate, x, y, sw, batch_size: int):
         def build(batch_sh):
-            m_sh = jax.tree_util.tree_map(lambda _: self.replicated, mstate)
             return jax.jit(self._eval_step, in_shardings=(
-                self.params_sharding, self.state_sharding, m_sh, batch_sh, batch_sh, batch_sh),
-                out_shardings=m_sh, donate_argnums=2)
+                self.params_sharding, self.state_sharding, self.replicated, batch_sh, batch_sh,
+                batch_sh), out_shardings=self.replicated, donate_argnums=2)
         return self._jit("eval", batch_size, build)(params, state, mstate, x, y, sw)
 
     def predict(self, params, state, x, batch_size: int):
@@ -221,7 +227,8 @@ class Executor:
     def results(self, mstate) -> dict:
         fn = self._compiled.get("results")
         if fn is None:
-            fn = self._compiled["results"] = jax.jit(self.metrics.results)
+            fn = self._compiled["results"] = jax.jit(
+                lambda flat: self.metrics.results(self._unravel_metrics(flat)))
         return fn(mstate)
 
 

@@ -128,7 +128,7 @@ class Model:
                 loss, metrics = self._compiled_loss, self._compiled_metrics
             self._executor = Executor(self.graph.run, plan, self._trainable_mask(),
                                       optimizer=self._tx, loss=loss, metrics=metrics,
-                                      num_outputs=len(self.outputs))
+                                      num_outputs=len(self.outputs), seed=self._seed + 1)
             if self._variables is None:
                 # Created inside jit, already placed as the Plan says.
                 shardings = plan.weight_shardings(self._executor.mesh)
@@ -277,11 +277,10 @@ class Model:
         if self._opt_state is None:
             self._opt_state = executor.init_opt_state(params)
         self._sync_learning_rate(executor)
-        rng = jax.device_put(jax.random.PRNGKey(self._seed + 1), executor.replicated)
         step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
                               executor.replicated)
         return {"params": params, "state": state, "opt_state": self._opt_state,
-                "metrics": executor.init_metrics(), "step": step, "rng": rng}
+                "metrics": executor.init_metrics(), "step": step}
 
     def _sync_learning_rate(self, executor):
         """Writes ``optimizer.learning_rate`` (set by a user or a callback) into the state."""
@@ -435,52 +434,56 @@ class Model:
     def _train_epoch(self, data, order, cbs) -> dict | None:
         executor = self._get_executor()
         ts = self._train_state(executor)
-        spe = self.steps_per_execution
-        ran = False
-        step = -1
-        batches = self._iter_batches(data, order)
-        use_logs = bool(cbs.batch_callbacks)
+        batch_callbacks = bool(cbs.batch_callbacks)
         results = executor.results
-
-        if spe > 1 and isinstance(data, adapter.ArrayData):
-            batches = self._stacked(data, order, spe)
-        for xb, yb, swb, n in batches:
-            cbs.on_train_batch_begin(step + 1)
-            if isinstance(n, tuple):  # k stacked steps of n samples
-                k, n = n
-                ts = executor.train_many(ts, xb, yb, swb, n)
-                step += k
-            else:
-                ts = executor.train(ts, xb, yb, swb, n)
-                step += 1
-            ran = True
-            if use_logs:
+        step = 0
+        if isinstance(data, adapter.ArrayData):
+            source = self._array_batches(data, order, self.steps_per_execution)
+        else:
+            source = ((xb, yb, swb, n, 1) for xb, yb, swb, n in self._iter_batches(data))
+        for xb, yb, swb, n, k in source:
+            if batch_callbacks:
+                cbs.on_train_batch_begin(step)
+            ts = executor.train_fn(n, k)(ts, xb, yb, swb)
+            step += k
+            if batch_callbacks:
                 metrics = ts["metrics"]
-                cbs.on_train_batch_end(step, callbacks_lib.LazyLogs(lambda m=metrics: results(m)))
-            if self.stop_training:
-                break
-        if not ran:
+                cbs.on_train_batch_end(step - 1, callbacks_lib.LazyLogs(
+                    lambda m=metrics: results(m)))
+                if self.stop_training:
+                    break
+        if step == 0:
             return None
         self._store_train_state(ts)
-        self._train_step_count += step + 1
+        self._train_step_count += step
         return {k: float(v) for k, v in results(ts["metrics"]).items()}
 
-    def _stacked(self, data: adapter.ArrayData, order, k: int):
-        """Groups ``k`` full batches per dispatch; leftovers run one by one."""
+    def _array_batches(self, data: adapter.ArrayData, order, k: int = 1):
+        """Yields ``(x, y, sw, batch_size, steps)``: groups of ``k`` full batches stacked
+        for one dispatch, then the remaining batches one by one."""
         n, b = data.num_samples, data.batch_size
-        order = np.arange(n) if order is None else order
-        full = n // b
-        groups = full // k
+        xs, ys, sws = data.x, data.y, data.sample_weight
         single = len(self.output_names) == 1
-        for g in range(groups):
-            idx = order[g * k * b:(g + 1) * k * b].reshape(k, b)
-            xb, yb, swb = data.take(idx)
-            if single:
-                yb = None if yb is None else yb[0]
-                swb = None if swb is None else swb[0]
-            yield xb, yb, swb, (k, b)
-        for xb, yb, swb, m in self._iter_batches(data, order[groups * k * b:]):
-            yield xb, yb, swb, m
+
+        def pick(arrays, index, shape):
+            if arrays is None:
+                return None
+            picked = [a[index].reshape(shape + a.shape[1:]) for a in arrays]
+            return picked[0] if single and arrays is not xs else picked
+
+        lo = 0
+        if k > 1:
+            for _ in range((n // b) // k):
+                index = slice(lo, lo + k * b) if order is None else order[lo:lo + k * b]
+                yield (pick(xs, index, (k, b)), pick(ys, index, (k, b)),
+                       pick(sws, index, (k, b)), b, k)
+                lo += k * b
+        while lo < n:
+            hi = min(lo + b, n)
+            index = slice(lo, hi) if order is None else order[lo:hi]
+            yield (pick(xs, index, (hi - lo,)), pick(ys, index, (hi - lo,)),
+                   pick(sws, index, (hi - lo,)), hi - lo, 1)
+            lo = hi
 
     # ----------------------------------------------------------------- evaluate
     def _evaluate_data(self, data, cbs) -> dict:
@@ -576,7 +579,7 @@ class Model:
         executor = self._get_executor()
         ts = self._train_state(executor)
         for xb, yb, swb, n in self._iter_batches(data):
-            ts = executor.train(ts, xb, yb, swb, n)
+            ts = executor.train_fn(n)(ts, xb, yb, swb)
         self._store_train_state(ts)
         self._train_step_count += 1
         logs = {k: float(v) for k, v in executor.results(ts["metrics"]).items()}
