@@ -9,7 +9,7 @@ Example:
 from hybridnet import activations, initializers, layers, losses, metrics, optimizers, strategies, utils
 from hybridnet.layers import Input
 from hybridnet.models import Model, Sequential, load_model
-from hybridnet.training import callbacks
+from hybridnet import callbacks
 
 __version__ = "0.1.0"
 __all__ = ["Input", "Model", "Sequential", "load_model", "activations", "callbacks",

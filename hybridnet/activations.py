@@ -22,7 +22,7 @@ def leaky_relu(x, negative_slope=0.2):
     return jax.nn.leaky_relu(x, negative_slope)
 
 
-def gelu(x, approximate=True):
+def gelu(x, approximate=False):
     return jax.nn.gelu(x, approximate=approximate)
 
 

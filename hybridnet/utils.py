@@ -31,7 +31,7 @@ def next_seed() -> int:
 
 def snake_case(name: str) -> str:
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def unique_name(base: str) -> str:
@@ -55,3 +55,14 @@ def normalize_tuple(value, n: int, name: str, owner: str) -> tuple[int, ...]:
         raise ValueError(f"{owner}: `{name}` must be an int or a tuple of {n} positive ints. "
                          f"Received: {name}={value!r}")
     return tuple(int(v) for v in value)
+
+
+def to_categorical(y, num_classes: int | None = None, dtype="float32") -> np.ndarray:
+    """One-hot encodes integer labels, as ``keras.utils.to_categorical``."""
+    y = np.asarray(y, dtype="int64")
+    shape = y.shape[:-1] if y.ndim > 1 and y.shape[-1] == 1 else y.shape
+    y = y.reshape(-1)
+    num_classes = int(y.max()) + 1 if num_classes is None else num_classes
+    out = np.zeros((y.size, num_classes), dtype=dtype)
+    out[np.arange(y.size), y] = 1
+    return out.reshape(shape + (num_classes,))

@@ -120,6 +120,18 @@ def merge_block_sizes(kernel: str, defaults: Mapping[str, Any],
     return out
 
 
+def cpu_safe(*arrays, upcast: bool):
+    """Upcasts bfloat16 matmul operands to float32 when ``upcast`` (CPU /
+    interpret mode). XLA:CPU rejects some bf16 x bf16 -> f32 dots ("Unsupported
+    element type for DotThunk"); the product of two bf16 numbers is exact in
+    f32, so with float32 accumulation the result is the same."""
+    if not upcast:
+        return arrays if len(arrays) > 1 else arrays[0]
+    out = tuple(a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a
+                for a in arrays)
+    return out if len(out) > 1 else out[0]
+
+
 def check_dtype(kernel: str, name: str, dtype) -> str | None:
     d = jnp.dtype(dtype)
     if d not in SUPPORTED_DTYPES:
@@ -252,6 +264,12 @@ def shard_batch(fn: Callable, mesh, axis: str = "data", *,
     Every output is sharded along its leading axis. Pass keyword options by
     closing over them (``functools.partial``). Gradients of replicated
     arguments are summed over the shards by ``shard_map``'s transpose.
+
+    Works with Auto and Explicit mesh axes (``jax.make_mesh``'s default in
+    jax 0.10 is Explicit; arguments are then resharded to the in_specs).
+    With an Explicit mesh, call the kernels through this wrapper rather than
+    on batch-sharded arrays directly: ``pallas_call`` itself has no sharding
+    rule, and in interpret mode it fails with a ShardingTypeError.
 
     Example:
         >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))

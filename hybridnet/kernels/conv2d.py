@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -213,8 +212,10 @@ def conv2d_reference(x, w, b=None, *, strides=(1, 1), padding="valid",
     else:
         pad = _padding(padding, (1, 1), (1, 1), (1, 1))
     dtype = jnp.result_type(x.dtype, w.dtype)
+    xc, wc = C.cpu_safe(x.astype(dtype), w.astype(dtype),
+                        upcast=jax.default_backend() == "cpu")
     y = lax.conv_general_dilated(
-        x.astype(dtype), w.astype(dtype), window_strides=strides, padding=pad,
+        xc, wc, window_strides=strides, padding=pad,
         rhs_dilation=dil, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups, preferred_element_type=jnp.float32)
     if b is not None:
@@ -374,8 +375,9 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
                 for kk in range(nk):  # static channel chunks
                     xa = a_ref[i, pa, pl.ds(r0 + off, bm), pl.ds(kk * bk, bk)]
                     wb = w_ref[0, t, pl.ds(kk * bk, bk), :]
-                    acc = acc + jnp.dot(xa, wb,
-                                        preferred_element_type=jnp.float32)
+                    acc = acc + jnp.dot(
+                        *C.cpu_safe(xa, wb, upcast=g.interpret),
+                        preferred_element_type=jnp.float32)
                 return acc
 
             acc = lax.fori_loop(0, taps, tap, jnp.zeros((bm, bc), jnp.float32))
@@ -473,6 +475,7 @@ def _wgrad(a, dz, g: _Geom):
                 r0 = lax.rem(it, nrow) * bm
                 xa = a_ref[i, pa, pl.ds(r0 + off, bm), :]
                 d = dz_ref[i, pl.ds(r0, bm), :]
+                xa, d = C.cpu_safe(xa, d, upcast=g.interpret)
                 return acc + lax.dot_general(
                     xa, d, (((0,), (0,)), ((), ())),
                     preferred_element_type=jnp.float32)
@@ -521,7 +524,6 @@ def _dgrad_weights(wt, g: _Geom):
 
 def _dgrad(dz, wt, g: _Geom, a_dtype):
     """dA[n, p, q] = sum_{(a,b)} dzp[n, q + c - (a*Wq + b)] @ Wd[p, (a,b)]."""
-    n = dz.shape[0]
     c = g.dg_c
     dzp = jnp.pad(dz, ((0, 0), (c, g.dg_rz - c - g.mp), (0, 0)))[:, None]
     wd = _dgrad_weights(wt, g).astype(dz.dtype)

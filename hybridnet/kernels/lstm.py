@@ -192,15 +192,19 @@ def lstm_reference(x, kernel, recurrent_kernel, bias, *, initial_state=None,
     if go_backwards:
         x = jnp.flip(x, 1)
         mask = jnp.flip(mask, 1)
-    xp = jnp.einsum("btd,dg->tbg", x.astype(dtype), kernel.astype(dtype),
+    cpu = jax.default_backend() == "cpu"
+    xp = jnp.einsum("btd,dg->tbg",
+                    *C.cpu_safe(x.astype(dtype), kernel.astype(dtype),
+                                upcast=cpu),
                     preferred_element_type=jnp.float32)
     xp = xp + bias.astype(jnp.float32)
-    r = recurrent_kernel.astype(dtype)
+    r = C.cpu_safe(recurrent_kernel.astype(dtype), upcast=cpu)
 
     def step(carry, inp):
         h, c = carry
         z, m = inp
-        z = z + jnp.dot(h.astype(dtype), r, preferred_element_type=jnp.float32)
+        hq = C.cpu_safe(h.astype(dtype), upcast=cpu)
+        z = z + jnp.dot(hq, r, preferred_element_type=jnp.float32)
         i = jax.nn.sigmoid(z[:, :u])
         f = jax.nn.sigmoid(z[:, u:2 * u])
         g = jnp.tanh(z[:, 2 * u:3 * u])
@@ -254,8 +258,13 @@ def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
     nu, nk = up // bu, up // bk
 
     def kernel(xp_ref, r_ref, h0_ref, c0_ref, m_ref, h_ref, c_ref, g_ref):
-        h_ref[0] = h0_ref[...]
-        c_ref[0] = c0_ref[...]
+        def init(j, c2):  # per chunk: Triton needs power-of-two tiles
+            ch = pl.ds(pl.multiple_of(j * bu, bu), bu)
+            h_ref[0, :, ch] = h0_ref[:, ch]
+            c_ref[0, :, ch] = c0_ref[:, ch]
+            return c2
+
+        lax.fori_loop(0, nu, init, 0)
         C.gpu_barrier(cfg.backend, cfg.interpret)
 
         def step(s, carry):
@@ -269,8 +278,10 @@ def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
                     k0 = pl.multiple_of(kk * bk, bk)
                     hk = h_ref[s, :, pl.ds(k0, bk)].astype(r_ref.dtype)
                     return tuple(
-                        z + jnp.dot(hk, r_ref[pl.ds(k0, bk), pl.ds(q * up + u0, bu)],
-                                    preferred_element_type=jnp.float32)
+                        z + jnp.dot(*C.cpu_safe(
+                            hk, r_ref[pl.ds(k0, bk), pl.ds(q * up + u0, bu)],
+                            upcast=cfg.interpret),
+                            preferred_element_type=jnp.float32)
                         for q, z in enumerate(zs))
 
                 zs = lax.fori_loop(0, nk, kloop, tuple(zs))
@@ -315,27 +326,39 @@ def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
 
 
 def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
-    """-> dz (T, Bp, 4Up) f32, dh0, dc0 (Bp, Up) f32."""
+    """-> dz (T, Bp, 4Up) f32, dh0, dc0 (Bp, Up) f32.
+
+    The running carries dh/dc live in parity double buffers (2, Bp, Up): step
+    s reads buffer s % 2 and writes (s + 1) % 2, and the total dh_t goes to
+    its own buffer, so no ref is read and written in the same phase (on GPU,
+    threads of a program may not share a load/store layout).
+    """
     t, bp, _ = gates.shape
     up, bb, bu, bk = cfg.up, cfg.bb, cfg.bu, cfg.bk
     nu, nk4 = up // bu, (4 * up) // bk
 
     def kernel(g_ref, c_ref, m_ref, r_ref, dh_ref, dc_ref,
-               dz_ref, dh0_ref, dc0_ref):
-        # dh0_ref / dc0_ref double as the running carries.
-        dh0_ref[...] = jnp.zeros(dh0_ref.shape, jnp.float32)
-        dc0_ref[...] = jnp.zeros(dc0_ref.shape, jnp.float32)
+               dz_ref, dhc_ref, dcc_ref, dht_ref):
+        def init(j, c2):
+            ch = pl.ds(pl.multiple_of(j * bu, bu), bu)
+            dhc_ref[0, :, ch] = jnp.zeros((bb, bu), jnp.float32)
+            dcc_ref[0, :, ch] = jnp.zeros((bb, bu), jnp.float32)
+            return c2
+
+        lax.fori_loop(0, nu, init, 0)
         C.gpu_barrier(cfg.backend, cfg.interpret)
 
         def step(s, carry):
             tt = t - 1 - s
+            rd = lax.rem(s, 2)
+            wr = 1 - rd
             keep = m_ref[tt] > 0.0
 
             def elementwise(j, c2):
                 u0 = pl.multiple_of(j * bu, bu)
                 ch = pl.ds(u0, bu)
-                dh = dh0_ref[:, ch] + dh_ref[tt, :, ch]
-                dc = dc0_ref[:, ch] + dc_ref[tt, :, ch]
+                dh = dhc_ref[rd, :, ch] + dh_ref[tt, :, ch]
+                dc = dcc_ref[rd, :, ch] + dc_ref[tt, :, ch]
                 i, f, g, o = (g_ref[tt, :, pl.ds(q * up + u0, bu)]
                               for q in range(4))
                 tc = jnp.tanh(c_ref[tt + 1, :, ch])
@@ -348,8 +371,8 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
                 for q, v in enumerate(dzs):
                     dz_ref[tt, :, pl.ds(q * up + u0, bu)] = jnp.where(
                         keep, v, jnp.zeros_like(v))
-                dc0_ref[:, ch] = jnp.where(keep, dcn * f, dc)
-                dh0_ref[:, ch] = dh  # total dh_t, for the masked pass-through
+                dcc_ref[wr, :, ch] = jnp.where(keep, dcn * f, dc)
+                dht_ref[:, ch] = dh  # total dh_t, for the masked pass-through
                 return c2
 
             lax.fori_loop(0, nu, elementwise, 0)
@@ -362,6 +385,7 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
                     k0 = pl.multiple_of(kk * bk, bk)
                     dzk = dz_ref[tt, :, pl.ds(k0, bk)].astype(r_ref.dtype)
                     rk = r_ref[pl.ds(u0, bu), pl.ds(k0, bk)]
+                    dzk, rk = C.cpu_safe(dzk, rk, upcast=cfg.interpret)
                     return acc + lax.dot_general(
                         dzk, rk, (((1,), (1,)), ((), ())),
                         preferred_element_type=jnp.float32)
@@ -369,7 +393,7 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
                 acc = lax.fori_loop(0, nk4, kloop,
                                     jnp.zeros((bb, bu), jnp.float32))
                 ch = pl.ds(u0, bu)
-                dh0_ref[:, ch] = jnp.where(keep, acc, dh0_ref[:, ch])
+                dhc_ref[wr, :, ch] = jnp.where(keep, acc, dht_ref[:, ch])
                 return c2
 
             lax.fori_loop(0, nu, recurrent, 0)
@@ -379,11 +403,12 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
         lax.fori_loop(0, t, step, 0)
 
     seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
-    st = pl.BlockSpec((bb, up), lambda b: (b, 0))
-    return pl.pallas_call(
+    buf = pl.BlockSpec((2, bb, up), lambda b: (0, b, 0))
+    dz, dhc, dcc, _ = pl.pallas_call(
         kernel,
         out_shape=(jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
-                   jax.ShapeDtypeStruct((bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
                    jax.ShapeDtypeStruct((bp, up), jnp.float32)),
         grid=(bp // bb,),
         in_specs=[seq(4 * up),
@@ -391,11 +416,13 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
                   seq(1),
                   pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
                   seq(up), seq(up)],
-        out_specs=(seq(4 * up), st, st),
+        out_specs=(seq(4 * up), buf, buf,
+                   pl.BlockSpec((bb, up), lambda b: (b, 0))),
         compiler_params=_params(cfg, 1),
         interpret=cfg.interpret,
         name="hybridnet_lstm_bwd",
     )(gates, c_all, m, r, dh_seq, dc_seq)
+    return dz, dhc[t % 2], dcc[t % 2]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -415,8 +442,10 @@ def _lstm_core_bwd(cfg, res, cts):
     dz, dh0, dc0 = _bwd_kernel_call(gates, c_all, m, r,
                                     dh_seq.astype(jnp.float32),
                                     dc_seq.astype(jnp.float32), cfg)
-    dr = jnp.einsum("tbu,tbg->ug", h_all[:-1].astype(r.dtype),
-                    dz.astype(r.dtype), preferred_element_type=jnp.float32)
+    dr = jnp.einsum("tbu,tbg->ug",
+                    *C.cpu_safe(h_all[:-1].astype(r.dtype), dz.astype(r.dtype),
+                                upcast=cfg.backend == "cpu"),
+                    preferred_element_type=jnp.float32)
     return dz, dr.astype(r.dtype), dh0, dc0, jnp.zeros_like(m)
 
 
@@ -493,7 +522,9 @@ def lstm(x, kernel, recurrent_kernel, bias, *, initial_state=None, mask=None,
         x = jnp.flip(x, 1)
         mask = jnp.flip(mask, 1)
     # input projection for all steps: one matmul outside the recurrence
-    xp = jnp.einsum("btd,dg->tbg", x.astype(dtype), kernel.astype(dtype),
+    xp = jnp.einsum("btd,dg->tbg",
+                    *C.cpu_safe(x.astype(dtype), kernel.astype(dtype),
+                                upcast=backend == "cpu"),
                     preferred_element_type=jnp.float32)
     xp = xp + bias.astype(jnp.float32)
     pad_u = up - u

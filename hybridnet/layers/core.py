@@ -137,8 +137,8 @@ class Reshape(Layer):
         return (input_shape[0],) + tuple(None if d == -1 else d for d in target)
 
     def _mismatch(self, input_shape):
-        return (f"Layer '{self.name}' (Reshape): cannot reshape input of shape "
-                f"{tuple(input_shape)} to target_shape={self.target_shape}")
+        return (f"Layer '{self.name}' (Reshape): the input size must match "
+                f"target_shape={self.target_shape}. Received: input.shape={tuple(input_shape)}")
 
     def call(self, weights, x):
         return jnp.reshape(x, (x.shape[0],) + self.target_shape)

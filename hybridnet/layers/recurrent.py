@@ -346,7 +346,11 @@ class Bidirectional(Layer):
         self.return_state = self.forward_layer.return_state
 
     def _check_input(self, input_shape):
+        if isinstance(input_shape, list) or len(input_shape) != 3:
+            raise ValueError(f"{_owner(self)} expects inputs of rank 3 (batch, timesteps, "
+                             f"features). Received: input.shape={input_shape!r}")
         self.forward_layer._check_input(input_shape)
+        self.backward_layer._check_input(input_shape)
 
     def build(self, input_shape):
         for prefix, sub in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
@@ -395,16 +399,18 @@ class Bidirectional(Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
-        states = []
+        back = self.backward_layer.compute_output_shape(input_shape)
+        states, back_states = [], []
         if self.return_state:
             shape, states = shape[0], list(shape[1:])
+            back, back_states = back[0], list(back[1:])
         if self.merge_mode == "concat":
-            out = [tuple(shape[:-1]) + (shape[-1] * 2,)]
+            out = [tuple(shape[:-1]) + (shape[-1] + back[-1],)]
         elif self.merge_mode is None:
-            out = [tuple(shape), tuple(shape)]
+            out = [tuple(shape), tuple(back)]
         else:
             out = [tuple(shape)]
-        out = out + states + states
+        out = out + states + back_states
         return out[0] if len(out) == 1 else out
 
     def compute_mask(self, inputs, mask):

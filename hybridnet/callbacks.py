@@ -1,0 +1,4 @@
+"""Keras callbacks, importable as ``hybridnet.callbacks`` (like ``keras.callbacks``)."""
+from hybridnet.training.callbacks import (  # noqa: F401
+    Callback, CallbackList, CSVLogger, EarlyStopping, History, LambdaCallback,
+    LearningRateScheduler, ModelCheckpoint, ProgbarLogger, TerminateOnNaN)
