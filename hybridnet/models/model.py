@@ -441,10 +441,14 @@ class Model:
             source = self._array_batches(data, order, self.steps_per_execution)
         else:
             source = ((xb, yb, swb, n, 1) for xb, yb, swb, n in self._iter_batches(data))
+        compiled = {}
         for xb, yb, swb, n, k in source:
             if batch_callbacks:
                 cbs.on_train_batch_begin(step)
-            ts = executor.train_fn(n, k)(ts, xb, yb, swb)
+            fn = compiled.get((n, k))
+            if fn is None:
+                fn = compiled[(n, k)] = executor.train_fn(n, k)
+            ts = fn(ts, xb, yb, swb)
             step += k
             if batch_callbacks:
                 metrics = ts["metrics"]
@@ -465,10 +469,13 @@ class Model:
         xs, ys, sws = data.x, data.y, data.sample_weight
         single = len(self.output_names) == 1
 
-        def pick(arrays, index, shape):
+        def pick(arrays, index, stack=None):
             if arrays is None:
                 return None
-            picked = [a[index].reshape(shape + a.shape[1:]) for a in arrays]
+            if stack is None:
+                picked = [a[index] for a in arrays]
+            else:
+                picked = [a[index].reshape(stack + a.shape[1:]) for a in arrays]
             return picked[0] if single and arrays is not xs else picked
 
         lo = 0
@@ -478,11 +485,18 @@ class Model:
                 yield (pick(xs, index, (k, b)), pick(ys, index, (k, b)),
                        pick(sws, index, (k, b)), b, k)
                 lo += k * b
+        y0 = ys[0] if single and ys is not None else None
+        if single and len(xs) == 1 and sws is None:  # the common case, kept lean
+            x0 = xs[0]
+            for lo in range(lo, n, b):
+                index = slice(lo, lo + b) if order is None else order[lo:lo + b]
+                yield [x0[index]], None if y0 is None else y0[index], None, len(index) if (
+                    order is not None) else min(b, n - lo), 1
+            return
         while lo < n:
             hi = min(lo + b, n)
             index = slice(lo, hi) if order is None else order[lo:hi]
-            yield (pick(xs, index, (hi - lo,)), pick(ys, index, (hi - lo,)),
-                   pick(sws, index, (hi - lo,)), hi - lo, 1)
+            yield pick(xs, index), pick(ys, index), pick(sws, index), hi - lo, 1
             lo = hi
 
     # ----------------------------------------------------------------- evaluate
