@@ -9,8 +9,9 @@ Example:
 from hybridnet import activations, initializers, layers, losses, metrics, optimizers, strategies, utils
 from hybridnet.layers import Input
 from hybridnet.models import Model, Sequential, load_model
+from hybridnet.strategies import Shard
 from hybridnet import callbacks
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Sequential", "load_model", "activations", "callbacks",
+__all__ = ["Input", "Model", "Shard", "Sequential", "load_model", "activations", "callbacks",
            "initializers", "layers", "losses", "metrics", "optimizers", "strategies", "utils"]

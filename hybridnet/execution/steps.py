@@ -7,6 +7,7 @@ their out_shardings, train state donated).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -111,9 +112,12 @@ class Executor:
         self.metrics = metrics
         self.num_outputs = num_outputs
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        weight_sh = plan.weight_shardings(self.mesh)
+        weight_sh = self.weight_shardings()
         self.params_sharding = _select(weight_sh, trainable, True)
         self.state_sharding = _select(weight_sh, trainable, False)
+        self.opt_sharding = None
+        self._output_specs = {name: lp.output_spec for name, lp in plan.layers.items()
+                              if lp.output_spec is not None}
         self.seed = seed
         self._compiled: dict = {}
         if metrics is not None:
@@ -122,15 +126,52 @@ class Executor:
             self._metrics_flat = np.asarray(flat)  # host copy: each epoch gets a fresh buffer
 
     # ------------------------------------------------------------ placement
+    def weight_shardings(self) -> dict:
+        """layer -> weight -> NamedSharding, as the Plan says."""
+        return self.plan.weight_shardings(self.mesh)
+
+    def constrain(self, layer_name: str, value):
+        """The Plan's sharding constraint on a layer's output (batch dim replicated when
+        the batch does not divide over its axes)."""
+        spec = self._output_specs.get(layer_name)
+        if spec is None or not hasattr(value, "ndim") or value.ndim != len(spec):
+            return value
+        batch = spec[0]
+        if batch is not None:
+            axes = batch if isinstance(batch, tuple) else (batch,)
+            if value.shape[0] % math.prod(self.mesh.shape[a] for a in axes):
+                spec = PartitionSpec(None, *spec[1:])
+        return jax.lax.with_sharding_constraint(value, NamedSharding(self.mesh, spec))
+
     def place_variables(self, params, state):
         """Moves existing arrays to the Plan's shardings."""
         return (jax.device_put(params, self.params_sharding),
                 jax.device_put(state, self.state_sharding))
 
     def init_opt_state(self, params):
-        shardings = jax.tree_util.tree_map(lambda _: self.replicated,
-                                           jax.eval_shape(self.tx.init, params))
-        return jax.jit(self.tx.init, out_shardings=shardings)(params)
+        """Optimizer state created inside jit, each slot sharded like its parameter."""
+        self.opt_sharding = self._opt_state_sharding(params)
+        return jax.jit(self.tx.init, out_shardings=self.opt_sharding)(params)
+
+    def place_opt_state(self, opt_state, params):
+        """Moves an existing optimizer state (e.g. restored) to the Plan's shardings."""
+        self.opt_sharding = self._opt_state_sharding(params)
+        return jax.device_put(opt_state, self.opt_sharding)
+
+    def _opt_state_sharding(self, params):
+        shapes = jax.eval_shape(self.tx.init, params)
+        param_sh = self.params_sharding
+
+        def pick(path, leaf):
+            keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+            if len(keys) >= 2:
+                layer, weight = keys[-2], keys[-1]
+                sharding = param_sh.get(layer, {}).get(weight)
+                if sharding is not None and tuple(leaf.shape) == tuple(
+                        params[layer][weight].shape):
+                    return sharding
+            return self.replicated
+        return jax.tree_util.tree_map_with_path(pick, shapes)
 
     def init_metrics(self):
         return jax.device_put(self._metrics_flat, self.replicated)
@@ -140,7 +181,8 @@ class Executor:
 
     # ---------------------------------------------------------- pure steps
     def _loss_fn(self, params, state, x, y, sw, rng):
-        outputs, masks, updates = self.run({**_merge(params, state)}, x, training=True, rng=rng)
+        outputs, masks, updates = self.run(_merge(params, state), x, training=True, rng=rng,
+                                           constrain=self.constrain)
         y_true = _as_list(y, self.num_outputs, "targets")
         sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
             [None] * self.num_outputs)
@@ -181,7 +223,8 @@ class Executor:
         return "conv_general_dilated" in str(jaxpr)
 
     def _eval_step(self, params, state, mstate, x, y, sw):
-        outputs, masks, _ = self.run(_merge(params, state), x, training=False, rng=None)
+        outputs, masks, _ = self.run(_merge(params, state), x, training=False, rng=None,
+                                     constrain=self.constrain)
         y_true = _as_list(y, self.num_outputs, "targets")
         sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
             [None] * self.num_outputs)
@@ -190,7 +233,8 @@ class Executor:
         return self._update_metrics(mstate, loss, parts, batch_size, y_true, outputs, sws, masks)
 
     def _predict_step(self, params, state, x):
-        outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None)
+        outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None,
+                                 constrain=self.constrain)
         return outputs
 
     # ---------------------------------------------------------- compiled
@@ -202,7 +246,7 @@ class Executor:
 
     def train_state_sharding(self):
         return {"params": self.params_sharding, "state": self.state_sharding,
-                "opt_state": self.replicated, "metrics": self.replicated,
+                "opt_state": self.opt_sharding or self.replicated, "metrics": self.replicated,
                 "step": self.replicated}
 
     def train_fn(self, batch_size: int, steps: int = 1) -> Callable:

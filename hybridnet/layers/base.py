@@ -124,7 +124,7 @@ class Layer:
 
     def __init__(self, *, name: str | None = None, dtype="float32", trainable: bool = True,
                  input_shape=None, batch_size: int | None = None, input_dim: int | None = None,
-                 parallel: Any = "data", **kwargs):
+                 parallel: Any = "data", stage: int | None = None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments "
                             f"{sorted(kwargs)}. Received: {kwargs!r}")
@@ -132,6 +132,10 @@ class Layer:
         self.dtype = jnp.dtype(dtype or "float32")
         self.trainable = trainable
         self.parallel = parallel
+        if stage is not None and (not isinstance(stage, int) or stage < 0):
+            raise ValueError(f"Layer '{self.name}': `stage` must be a non-negative int. "
+                             f"Received: stage={stage!r}")
+        self.stage = stage
         if input_dim is not None and input_shape is None:
             input_shape = (input_dim,)
         self._input_shape_arg = tuple(input_shape) if input_shape is not None else None
@@ -292,12 +296,24 @@ class Layer:
     def get_config(self) -> dict:
         config = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
         if self.parallel != "data":
-            config["parallel"] = self.parallel if isinstance(self.parallel, str) else repr(
-                self.parallel)
+            config["parallel"] = self.parallel if isinstance(self.parallel, str) else {
+                "shard": {"mode": self.parallel.mode, "axis": self.parallel.axis}}
+        if self.stage is not None:
+            config["stage"] = self.stage
         return config
+
+    @staticmethod
+    def _parallel_from_config(value):
+        if isinstance(value, dict) and "shard" in value:
+            from hybridnet.strategies import Shard
+            return Shard(**value["shard"])
+        return value
 
     @classmethod
     def from_config(cls, config: dict) -> "Layer":
+        config = dict(config)
+        if "parallel" in config:
+            config["parallel"] = Layer._parallel_from_config(config["parallel"])
         return cls(**config)
 
     def __repr__(self):

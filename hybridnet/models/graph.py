@@ -73,17 +73,33 @@ class Graph:
                 visit(t.node)
         return order
 
-    def run(self, weights: dict, inputs: list, *, training: bool = False, rng=None):
+    def run(self, weights: dict, inputs: list, *, training: bool = False, rng=None,
+            constrain=None):
         """Runs the graph. Returns ``(outputs, output_masks, updates)``.
 
         ``weights`` maps layer name -> {weight name -> array}; ``updates`` maps layer name
         -> new non-trainable values produced in training (e.g. BatchNorm statistics).
+        ``constrain(layer_name, value)``, if given, is applied to every layer output (the
+        executor uses it for the Plan's sharding constraints).
         """
         values: dict[int, Any] = {id(t): v for t, v in zip(self.inputs, inputs)}
         masks: dict[int, Any] = {}
+        updates = self.run_nodes(range(len(self.nodes)), weights, values, masks,
+                                 training=training, rng=rng, constrain=constrain)
+        return ([values[id(t)] for t in self.outputs], [masks.get(id(t)) for t in self.outputs],
+                updates)
+
+    def run_nodes(self, indices, weights: dict, values: dict, masks: dict, *,
+                  training: bool = False, rng=None, constrain=None) -> dict:
+        """Runs ``self.nodes[i]`` for ``i`` in ``indices`` (in order), reading and writing
+        tensor values and masks keyed by ``id(KerasTensor)``. Returns the state updates.
+
+        The building block of pipeline stages: a stage runs a contiguous range of nodes.
+        """
         updates: dict[str, dict] = {}
         lookup = lambda t: values[id(t)] if _is_kt(t) else t  # noqa: E731
-        for index, node in enumerate(self.nodes):
+        for index in indices:
+            node = self.nodes[index]
             layer = node.layer
             if len(node.args) != 1:
                 raise ValueError(f"Layer '{layer.name}' must be called with one positional "
@@ -104,11 +120,10 @@ class Graph:
             out_masks = out_mask if isinstance(out_mask, (list, tuple)) else [out_mask] * len(
                 out_tensors)
             for t, v, m in zip(out_tensors, out_values, out_masks):
-                values[id(t)] = v
+                values[id(t)] = v if constrain is None else constrain(layer.name, v)
                 if m is not None:
                     masks[id(t)] = m
-        return ([values[id(t)] for t in self.outputs], [masks.get(id(t)) for t in self.outputs],
-                updates)
+        return updates
 
     # ------------------------------------------------------------ serialisation
     def to_config(self) -> dict:

@@ -119,19 +119,62 @@ class Model:
                 for j, spec in enumerate(layer.weight_specs.values())}
         return out
 
+    def layer_infos(self) -> list:
+        """What the planner needs to know of each layer, in execution order (plain data)."""
+        from hybridnet.planner.graph_info import LayerInfo, WeightInfo
+        self._ensure_built()
+        infos, seen = [], {}
+        for node in self.graph.nodes:
+            layer = node.layer
+            if layer.name in seen:
+                seen[layer.name].calls += 1
+                continue
+            outs = node.output_tensors
+            info = LayerInfo(
+                name=layer.name, kind=type(layer).__name__,
+                weights={w: WeightInfo(s.shape, jnp.dtype(s.dtype).name, s.axes,
+                                       s.trainable and layer.trainable)
+                         for w, s in layer.weight_specs.items()},
+                input_shapes=[t.shape for t in node.input_tensors],
+                output_shapes=[t.shape for t in outs], parallel=layer.parallel,
+                stage=layer.stage, config=layer.get_config())
+            seen[layer.name] = info
+            infos.append(info)
+        return infos
+
+    def make_plan(self, strategy=None, devices=None, batch_size: int | None = None):
+        """Plans this model without compiling or allocating anything.
+
+        Example:
+            >>> print(model.make_plan(hybridnet.strategies.Auto(), devices=64).summary())
+        """
+        from hybridnet.planner import make_plan
+        strategy = strategy if strategy is not None else self._strategy_request()
+        return make_plan(self.layer_infos(), strategy, devices, batch_size=batch_size)
+
+    def _strategy_request(self):
+        return self._strategy if self._strategy is not None else getattr(
+            self, "_default_strategy", None)
+
     def _get_executor(self) -> Executor:
         self._ensure_built()
         if self._executor is None:
-            plan = make_plan(self._weight_specs(), self._strategy)
+            plan = self.make_plan(batch_size=getattr(self, "_planned_batch_size", None))
             loss = metrics = None
             if self.compiled:
                 loss, metrics = self._compiled_loss, self._compiled_metrics
-            self._executor = Executor(self.graph.run, plan, self._trainable_mask(),
-                                      optimizer=self._tx, loss=loss, metrics=metrics,
-                                      num_outputs=len(self.outputs), seed=self._seed + 1)
+            kwargs = dict(optimizer=self._tx, loss=loss, metrics=metrics,
+                          num_outputs=len(self.outputs), seed=self._seed + 1)
+            if len(plan.stages) > 1:
+                from hybridnet.execution.pipeline import PipelineExecutor
+                self._executor = PipelineExecutor(self.graph, plan, self._trainable_mask(),
+                                                  **kwargs)
+            else:
+                self._executor = Executor(self.graph.run, plan, self._trainable_mask(),
+                                          **kwargs)
             if self._variables is None:
-                # Created inside jit, already placed as the Plan says.
-                shardings = plan.weight_shardings(self._executor.mesh)
+                # Created inside jit, already placed (and sharded) as the Plan says.
+                shardings = self._executor.weight_shardings()
                 init = jax.jit(self._init_variables_fn, out_shardings=shardings)
                 self._variables = init(jax.random.PRNGKey(self._seed))
             else:
@@ -159,7 +202,7 @@ class Model:
 
     def _set_layer_weights(self, layer_name: str, values: dict):
         executor = self._get_executor()
-        shardings = executor.plan.weight_shardings(executor.mesh).get(layer_name, {})
+        shardings = executor.weight_shardings().get(layer_name, {})
         self._variables[layer_name] = {
             w: jax.device_put(v, shardings[w]) for w, v in values.items()}
 
@@ -226,7 +269,7 @@ class Model:
         self._loss_arg, self._metrics_arg = loss, metrics
         self._loss_weights_arg, self._weighted_metrics_arg = loss_weights, weighted_metrics
         self.steps_per_execution = steps_per_execution
-        self._strategy = strategies_lib.get(strategy)
+        self._strategy = None if strategy is None else strategies_lib.get(strategy)
         self._executor = None
         self._opt_state = None
         self._applied_lr = None
@@ -276,6 +319,8 @@ class Model:
         params, state = split_trainable(self._variables, self._trainable_mask())
         if self._opt_state is None:
             self._opt_state = executor.init_opt_state(params)
+        elif executor.opt_sharding is None:
+            self._opt_state = executor.place_opt_state(self._opt_state, params)
         self._sync_learning_rate(executor)
         step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
                               executor.replicated)
@@ -345,7 +390,10 @@ class Model:
         return self.output_names if self.built else ["output"]
 
     def _check_batch_size(self, batch_size, what):
-        n = self._get_executor().plan.data_parallel_size
+        from hybridnet.planner import check_batch
+        plan = self._get_executor().plan
+        check_batch(plan, batch_size, what)
+        n = plan.data_parallel_size
         if batch_size < n:
             raise ValueError(f"{what}: `batch_size` must be at least the number of devices "
                              f"the batch is split over ({n}). Received: batch_size={batch_size}")
