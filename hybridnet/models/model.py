@@ -332,7 +332,8 @@ class Model:
         lr = getattr(self.optimizer, "learning_rate", None)
         if isinstance(lr, (int, float)) and lr != self._applied_lr:
             self._opt_state = jax.device_put(
-                optimizers_lib.set_learning_rate(self._opt_state, float(lr)), executor.replicated)
+                optimizers_lib.set_learning_rate(self._opt_state, float(lr)),
+                executor.opt_sharding or executor.replicated)
             self._applied_lr = lr
 
     def _store_train_state(self, ts):
