@@ -219,7 +219,7 @@ class Executor:
         if self.mesh.devices.flat[0].platform != "cpu":
             return False
         first = jax.tree_util.tree_map(lambda a: a[0], (xs, ys, sws))
-        jaxpr = jax.make_jaxpr(self._train_step)(ts, *first)
+        jaxpr = jax.make_jaxpr(self._placed(self._train_step))(ts, *first)
         return "conv_general_dilated" in str(jaxpr)
 
     def _eval_step(self, params, state, mstate, x, y, sw):
@@ -238,6 +238,17 @@ class Executor:
         return outputs
 
     # ---------------------------------------------------------- compiled
+    def _placed(self, fn: Callable) -> Callable:
+        """``fn`` traced inside the kernels' placement context (Pallas kernels then run per
+        batch shard). Costs nothing at run time: the context is entered while tracing."""
+        from hybridnet.kernels import placement
+
+        @functools.wraps(fn)
+        def placed(*args, **kwargs):
+            with placement(self.mesh, self.plan.batch_axes):
+                return fn(*args, **kwargs)
+        return placed
+
     def _jit(self, kind: str, batch_size: int, build: Callable):
         fn = self._compiled.get((kind, batch_size))
         if fn is None:
@@ -256,7 +267,7 @@ class Executor:
         def build(batch_sh):
             ts_sh = self.train_state_sharding()
             if steps == 1:
-                return jax.jit(self._train_step, in_shardings=(ts_sh, batch_sh, batch_sh,
+                return jax.jit(self._placed(self._train_step), in_shardings=(ts_sh, batch_sh, batch_sh,
                                                                batch_sh),
                                out_shardings=ts_sh, donate_argnums=0)
             stacked = NamedSharding(self.mesh, PartitionSpec(None, *batch_sh.spec))
@@ -266,7 +277,7 @@ class Executor:
                 if not jitted:
                     unroll = self._unroll_steps(ts, xs, ys, sws)
                     jitted["fn"] = jax.jit(
-                        functools.partial(self._train_steps, unroll=unroll),
+                        self._placed(functools.partial(self._train_steps, unroll=unroll)),
                         in_shardings=(ts_sh, stacked, stacked, stacked), out_shardings=ts_sh,
                         donate_argnums=0)
                 return jitted["fn"](ts, xs, ys, sws)
@@ -275,14 +286,14 @@ class Executor:
 
     def evaluate(self, params, state, mstate, x, y, sw, batch_size: int):
         def build(batch_sh):
-            return jax.jit(self._eval_step, in_shardings=(
+            return jax.jit(self._placed(self._eval_step), in_shardings=(
                 self.params_sharding, self.state_sharding, self.replicated, batch_sh, batch_sh,
                 batch_sh), out_shardings=self.replicated, donate_argnums=2)
         return self._jit("eval", batch_size, build)(params, state, mstate, x, y, sw)
 
     def predict(self, params, state, x, batch_size: int):
         def build(batch_sh):
-            return jax.jit(self._predict_step, in_shardings=(
+            return jax.jit(self._placed(self._predict_step), in_shardings=(
                 self.params_sharding, self.state_sharding, batch_sh))
         return self._jit("predict", batch_size, build)(params, state, x)
 

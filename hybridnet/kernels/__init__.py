@@ -18,10 +18,11 @@ from ._common import autotune, cache_path, resolve_backend, shard_batch
 from .conv2d import (conv2d, conv2d_reference, default_conv2d_block_sizes,
                      supports_conv2d)
 from .lstm import lstm, lstm_reference, default_lstm_block_sizes, supports_lstm
+from .context import current_backend, per_shard, placement
 
 __all__ = [
     "conv2d", "conv2d_reference", "supports_conv2d",
     "default_conv2d_block_sizes",
     "lstm", "lstm_reference", "supports_lstm", "default_lstm_block_sizes",
-    "shard_batch", "autotune", "cache_path", "resolve_backend",
+    "shard_batch", "autotune", "cache_path", "resolve_backend", "per_shard", "placement", "current_backend",
 ]

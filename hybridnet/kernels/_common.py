@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -254,7 +255,7 @@ def _has_explicit_axes(mesh) -> bool:
     return any(t == axis_type.Explicit for t in types)
 
 
-def shard_batch(fn: Callable, mesh, axis: str = "data", *,
+def shard_batch(fn: Callable, mesh, axis: str | tuple[str, ...] = "data", *,
                 batch_argnums: Iterable[int] = (0,)) -> Callable:
     """Runs ``fn`` per batch shard with ``jax.shard_map`` so that the compiler
     never gathers the batch around a kernel.
@@ -277,14 +278,16 @@ def shard_batch(fn: Callable, mesh, axis: str = "data", *,
         >>> y = f(x, w, b)          # x: (N, H, W, C), N divisible by shards
     """
     batch_argnums = tuple(batch_argnums)
-    if axis not in mesh.axis_names:
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    if not all(a in mesh.axis_names for a in axes):
         raise ValueError(
-            f"Argument `axis` must name an axis of `mesh` "
+            f"Argument `axis` must name axes of `mesh` "
             f"{tuple(mesh.axis_names)}. Received: axis={axis!r}")
+    axis = axes if len(axes) > 1 else axes[0]
     smap, check_kw = _shard_map()
 
     def wrapped(*args):
-        nshard = mesh.shape[axis]
+        nshard = int(np.prod([mesh.shape[a] for a in axes]))
         specs = []
         for i, a in enumerate(args):
             if i in batch_argnums and a is not None:

@@ -1,6 +1,9 @@
 """Convolution layers: Conv2D (NHWC inputs, HWIO kernels)."""
 from __future__ import annotations
 
+import functools
+import warnings
+
 import numpy as np
 from jax import lax
 
@@ -119,28 +122,62 @@ class Conv2D(Layer):
                         axes=("kernel_h", "kernel_w", "conv_in", "conv_out"))
         if self.use_bias:
             self.add_weight("bias", (self.filters,), self.bias_initializer, axes=("conv_out",))
+        if self.kernel == "pallas":
+            from hybridnet import kernels
+            ok, why = kernels.supports_conv2d(
+                None, self.weight_specs["kernel"].shape, dtype=self.dtype, strides=self.strides,
+                padding=self.padding, dilation_rate=self.dilation_rate,
+                activation=self._fused_activation())
+            if not ok:
+                raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
 
-    def _implementation(self) -> str:
-        """The implementation ``kernel=`` resolves to; ``"auto"`` is XLA for now."""
-        if self.kernel == "auto":
-            return "xla"
-        return self.kernel
+    @property
+    def kernel_choice(self) -> str:
+        """The implementation in use: "xla", "pallas", or "auto" until first traced."""
+        return getattr(self, "_resolved_kernel", None) or self.kernel
+
+    def _fused_activation(self):
+        """The activation the Pallas kernel fuses ("relu"), or None."""
+        return "relu" if self.activation is activations.relu else None
+
+    def _use_pallas(self, x) -> bool:
+        """Resolves ``kernel=`` for this input: raises under "pallas" if the kernel cannot
+        run it; under "auto" uses Pallas on GPU/TPU where supported, else XLA."""
+        if self.kernel == "xla":
+            self._resolved_kernel = "xla"
+            return False
+        from hybridnet import kernels
+        backend = kernels.current_backend()
+        ok, why = kernels.supports_conv2d(
+            tuple(x.shape), self.weight_specs["kernel"].shape, dtype=x.dtype,
+            strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+            activation=self._fused_activation(), backend=backend)
+        if self.kernel == "pallas" and not ok:
+            raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
+        use = ok and (self.kernel == "pallas" or backend != "cpu")
+        if self.kernel == "auto" and not ok and backend != "cpu":
+            warnings.warn(f"{_owner(self)}: kernel='auto' falls back to XLA: {why}",
+                          stacklevel=2)
+        self._resolved_kernel = "pallas" if use else "xla"
+        return use
 
     def _conv(self, x, w):
-        """The convolution without bias/activation: NHWC ``x`` with HWIO ``w``.
-
-        This is the one place a custom kernel (``hybridnet.kernels``) plugs in.
-        """
-        impl = self._implementation()
-        if impl == "xla":
-            return lax.conv_general_dilated(
-                x, w, window_strides=self.strides, padding=self.padding.upper(),
-                rhs_dilation=self.dilation_rate, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        raise NotImplementedError(f"{_owner(self)}: kernel={self.kernel!r} is not wired to "
-                                  "hybridnet.kernels yet; use kernel='xla'.")
+        """The XLA convolution without bias/activation: NHWC ``x`` with HWIO ``w``."""
+        return lax.conv_general_dilated(
+            x, w, window_strides=self.strides, padding=self.padding.upper(),
+            rhs_dilation=self.dilation_rate, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def call(self, weights, x):
-        y = self._conv(x, weights["kernel"].astype(x.dtype))
+        w = weights["kernel"].astype(x.dtype)
+        if self._use_pallas(x):
+            from hybridnet import kernels
+            fused = self._fused_activation()
+            conv = functools.partial(kernels.conv2d, strides=self.strides, padding=self.padding,
+                                     activation=fused)
+            bias = weights["bias"] if self.use_bias else None
+            y = kernels.per_shard(conv, x.shape[0])(x, w, bias)
+            return y if fused else self.activation(y)
+        y = self._conv(x, w)
         if self.use_bias:
             y = y + weights["bias"]
         return self.activation(y)

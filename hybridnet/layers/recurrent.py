@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -171,24 +173,67 @@ class LSTM(Layer):
             init = (_lstm_bias_initializer(self.units, self.bias_initializer, _owner(self))
                     if self.unit_forget_bias else self.bias_initializer)
             self.add_weight("bias", (u4,), init, axes=("lstm_gates",))
+        if self.kernel == "pallas":
+            ok, why = self._pallas_support(None, self.dtype)
+            if not ok:
+                raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
 
-    def _implementation(self) -> str:
-        return "xla" if self.kernel == "auto" else self.kernel
+    @property
+    def kernel_choice(self) -> str:
+        """The implementation in use: "xla", "pallas", or "auto" until first traced."""
+        return getattr(self, "_resolved_kernel", None) or self.kernel
+
+    def _pallas_support(self, x_shape, dtype, backend=None) -> tuple[bool, str]:
+        from hybridnet import kernels
+        ok, why = kernels.supports_lstm(
+            x_shape, self.units, dtype=dtype,
+            activation=activations.serialize(self.activation),
+            recurrent_activation=activations.serialize(self.recurrent_activation),
+            use_bias=self.use_bias, dropout=self.dropout,
+            recurrent_dropout=self.recurrent_dropout, backend=backend)
+        return ok, why
+
+    def _use_pallas(self, x) -> bool:
+        """Resolves ``kernel=``: raises under "pallas" if the kernel cannot run this layer;
+        under "auto" uses Pallas on GPU/TPU where supported, else XLA."""
+        if self.kernel == "xla":
+            self._resolved_kernel = "xla"
+            return False
+        from hybridnet import kernels
+        backend = kernels.current_backend()
+        ok, why = self._pallas_support(tuple(x.shape), x.dtype, backend)
+        if self.kernel == "pallas" and not ok:
+            raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
+        use = ok and (self.kernel == "pallas" or backend != "cpu")
+        if self.kernel == "auto" and not ok and backend != "cpu":
+            warnings.warn(f"{_owner(self)}: kernel='auto' falls back to XLA: {why}",
+                          stacklevel=2)
+        self._resolved_kernel = "pallas" if use else "xla"
+        return use
 
     def _recurrence(self, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout_mask):
-        """The time loop; the one place a custom kernel (``hybridnet.kernels``) plugs in.
-
-        Same contract as :func:`lstm_recurrence` (time-major in and out).
-        """
-        if self._implementation() != "xla":
-            raise NotImplementedError(f"{_owner(self)}: kernel={self.kernel!r} is not wired "
-                                      "to hybridnet.kernels yet; use kernel='xla'.")
+        """The XLA time loop (time-major in and out), see :func:`lstm_recurrence`."""
         return lstm_recurrence(xw, recurrent_kernel, h0, c0, mask,
                                activation=self.activation,
                                recurrent_activation=self.recurrent_activation,
                                reverse=self.go_backwards,
                                zero_output_for_mask=self.zero_output_for_mask,
                                recurrent_dropout_mask=recurrent_dropout_mask)
+
+    def _call_pallas(self, weights, x, h0, c0, mask):
+        from hybridnet import kernels
+        bias = weights["bias"] if self.use_bias else jnp.zeros((4 * self.units,), x.dtype)
+
+        def run(x, h0, c0, mask, kernel, recurrent_kernel, bias):
+            return kernels.lstm(x, kernel, recurrent_kernel, bias, initial_state=(h0, c0),
+                                mask=mask, return_sequences=self.return_sequences,
+                                go_backwards=self.go_backwards)
+        output, h, c = kernels.per_shard(run, x.shape[0], batch_argnums=(0, 1, 2, 3))(
+            x, h0, c0, mask, weights["kernel"], weights["recurrent_kernel"], bias)
+        if self.zero_output_for_mask and self.return_sequences and mask is not None:
+            steps = mask[:, ::-1] if self.go_backwards else mask
+            output = jnp.where(steps[..., None], output, 0).astype(output.dtype)
+        return [output, h, c] if self.return_state else output
 
     def call(self, weights, x, *, initial_state=None, mask=None, training=False, rng=None):
         batch = x.shape[0]
@@ -215,13 +260,16 @@ class LSTM(Layer):
                                  f"Received: {type(initial_state).__name__} of length "
                                  f"{len(initial_state) if hasattr(initial_state, '__len__') else '?'}")
             h0, c0 = (jnp.asarray(s, x.dtype) for s in initial_state)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        if self._use_pallas(x):
+            return self._call_pallas(weights, x, h0, c0,
+                                     None if mask is None else mask.astype(bool))
         # The input projection of every step at once: (B, T, F) @ (F, 4U).
         xw = jnp.matmul(x, weights["kernel"])
         if self.use_bias:
             xw = xw + weights["bias"]
         xw = jnp.swapaxes(xw, 0, 1)  # time-major (T, B, 4U)
-        if isinstance(mask, (list, tuple)):
-            mask = mask[0]
         tmask = None if mask is None else jnp.swapaxes(mask.astype(bool), 0, 1)
         outputs, h, c = self._recurrence(xw, weights["recurrent_kernel"], h0, c0, tmask,
                                          rec_mask)
