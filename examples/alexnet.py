@@ -5,7 +5,7 @@ images, no download) upscaled to 64x64 RGB, so the full AlexNet stack (11x11/4
 convolution, three 3x3 convolutions, two 4096-wide fully connected layers) runs
 in about a minute on a CPU. Prints the test accuracy.
 
-    python examples/alexnet.py [--epochs 6] [--batch-size 64] [--devices 8]
+    python examples/alexnet.py [--epochs 6] [--batch-size 128] [--devices 8]
 """
 from __future__ import annotations
 
@@ -69,8 +69,8 @@ def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--devices", type=int, default=None,
                         help="simulate this many CPU devices; the batch is split over them")
     parser.add_argument("--seed", type=int, default=0)

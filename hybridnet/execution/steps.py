@@ -143,6 +143,16 @@ class Executor:
                 spec = PartitionSpec(None, *spec[1:])
         return jax.lax.with_sharding_constraint(value, NamedSharding(self.mesh, spec))
 
+    def init_variables(self, init_fn: Callable, key):
+        """Runs ``init_fn(key) -> {layer: {weight: array}}`` inside jit with the Plan's
+        out_shardings: sharded weights are never whole on one device."""
+        return jax.jit(init_fn, out_shardings=self.weight_shardings())(key)
+
+    def set_learning_rate(self, opt_state, value: float):
+        """The optimizer state with its injected learning rate set to ``value``."""
+        return jax.device_put(optimizers_lib.set_learning_rate(opt_state, value),
+                              self.opt_sharding or self.replicated)
+
     def place_variables(self, params, state):
         """Moves existing arrays to the Plan's shardings."""
         return (jax.device_put(params, self.params_sharding),

@@ -167,16 +167,16 @@ class Model:
                           num_outputs=len(self.outputs), seed=self._seed + 1)
             if len(plan.stages) > 1:
                 from hybridnet.execution.pipeline import PipelineExecutor
-                self._executor = PipelineExecutor(self.graph, plan, self._trainable_mask(),
-                                                  **kwargs)
+                self._executor = PipelineExecutor(
+                    self.graph, plan, self._trainable_mask(),
+                    global_clipnorm=getattr(self.optimizer, "global_clipnorm", None), **kwargs)
             else:
                 self._executor = Executor(self.graph.run, plan, self._trainable_mask(),
                                           **kwargs)
             if self._variables is None:
                 # Created inside jit, already placed (and sharded) as the Plan says.
-                shardings = self._executor.weight_shardings()
-                init = jax.jit(self._init_variables_fn, out_shardings=shardings)
-                self._variables = init(jax.random.PRNGKey(self._seed))
+                self._variables = self._executor.init_variables(
+                    self._init_variables_fn, jax.random.PRNGKey(self._seed))
             else:
                 missing = {layer for layer in self._weight_specs() if layer not in self._variables}
                 if missing:  # layers added after the weights were created
@@ -331,9 +331,7 @@ class Model:
         """Writes ``optimizer.learning_rate`` (set by a user or a callback) into the state."""
         lr = getattr(self.optimizer, "learning_rate", None)
         if isinstance(lr, (int, float)) and lr != self._applied_lr:
-            self._opt_state = jax.device_put(
-                optimizers_lib.set_learning_rate(self._opt_state, float(lr)),
-                executor.opt_sharding or executor.replicated)
+            self._opt_state = executor.set_learning_rate(self._opt_state, float(lr))
             self._applied_lr = lr
 
     def _store_train_state(self, ts):

@@ -299,7 +299,13 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
         annotated_stages = {i.stage for i in infos if i.stage is not None}
         p = strategy.stages or (max(annotated_stages) + 1 if annotated_stages else min(
             n, len(infos)))
-        data = _factor(n, "pipe", p)
+        if p > n:
+            raise ValueError(f"Pipeline: {p} stages need at least {p} devices. Received: "
+                             f"{n} devices")
+        if n % p:
+            device_ids = device_ids[:p * (n // p)]
+            notes.append(f"using {len(device_ids)} of {n} devices ({p} stages x {n // p})")
+        data = len(device_ids) // p
         if annotated:
             notes.append(f"Pipeline has no 'model' axis: the parallel='model' annotations of "
                          f"{sorted(annotated)} are ignored (use Hybrid)")
