@@ -137,7 +137,8 @@ class Model:
                          for w, s in layer.weight_specs.items()},
                 input_shapes=[t.shape for t in node.input_tensors],
                 output_shapes=[t.shape for t in outs], parallel=layer.parallel,
-                stage=layer.stage, config=layer.get_config())
+                stage=layer.stage, config=layer.get_config(),
+                inbound=list(dict.fromkeys(t.node.layer.name for t in node.input_tensors)))
             seen[layer.name] = info
             infos.append(info)
         return infos
@@ -350,6 +351,8 @@ class Model:
                     f"shape={utils.format_shape(expected)}. Received: x.shape={got}")
 
     def _adapt(self, x, y, sample_weight, batch_size, shuffle, steps, what: str):
+        if self._executor is None and isinstance(batch_size, int):
+            self._planned_batch_size = batch_size  # the cost model plans for this batch
         if x is None:
             raise ValueError(f"{what}: `x` is required. Received: x=None")
         if adapter.is_array_data(x):

@@ -40,6 +40,7 @@ class LayerInfo:
         stage: the layer's ``stage=`` annotation (None: the planner decides).
         config: the layer's config (units, filters, kernel_size, strides, ...).
         calls: how many times the graph calls the layer (shared layers > 1).
+        inbound: names of the layers whose outputs this layer reads (first call).
     """
     name: str
     kind: str
@@ -50,6 +51,7 @@ class LayerInfo:
     stage: int | None = None
     config: dict = dataclasses.field(default_factory=dict)
     calls: int = 1
+    inbound: list = dataclasses.field(default_factory=list)
 
     @property
     def param_bytes(self) -> int:

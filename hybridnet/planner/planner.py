@@ -181,12 +181,27 @@ def build_plan(infos: Sequence[LayerInfo], *, mesh_axes: dict[str, int], device_
                 info.name, info.kind, parallel="model", mode=mode, weights=specs,
                 output_spec=_output_spec(info, data_axes, model_axis if last_sharded else None),
                 reason=f"tensor parallel ({mode}) over '{model_axis}'")
-        else:
-            specs = {w: PartitionSpec() for w in info.weights}
+        elif info.weights:
             layers[info.name] = LayerPlan(
-                info.name, info.kind, parallel="data" if specs else "none", weights=specs,
-                output_spec=_output_spec(info, stage_axes, None),
-                reason="replicated, batch split" if specs else "no weights")
+                info.name, info.kind, parallel="data",
+                weights={w: PartitionSpec() for w in info.weights},
+                output_spec=_output_spec(info, stage_axes, None), reason="replicated, batch split")
+        else:  # weightless layers keep their input's layout (no constraint)
+            layers[info.name] = LayerPlan(info.name, info.kind, parallel="none",
+                                          reason="no weights: keeps its input's layout")
+    # A tensor-parallel layer reads its input in the layout its weights need: features
+    # sharded for a row-parallel layer, batch over the data axes (features whole) otherwise.
+    # The constraint goes on the producer's output, so XLA moves activations, not weights.
+    by_name = {i.name: i for i in infos}
+    for info in infos:
+        lp = layers[info.name]
+        if lp.parallel != "model" or len(info.inbound) != 1 or info.inbound[0] not in layers:
+            continue
+        producer = layers[info.inbound[0]]
+        if producer.parallel == "model":
+            continue
+        feature = model_axis if lp.mode == "row" else None
+        producer.output_spec = _output_spec(by_name[producer.name], data_axes, feature)
 
     stage_plans: list[StagePlan] = []
     if pipe:
