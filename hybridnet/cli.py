@@ -90,10 +90,7 @@ def plan_command(args) -> int:
     kind = args.device_kind or "cpu"
     cost.get_device(kind)  # fails early on an unknown kind
     plan = make_plan(infos, _strategy(args.strategy, kind), args.devices,
-                     batch_size=args.batch_size)
-    if plan.device_kind != kind:  # data / model strategies plan for the kind we name
-        plan.device_kind = kind
-        cost.estimate(plan, infos, batch_size=args.batch_size, device_kind=kind)
+                     batch_size=args.batch_size, device_kind=kind)
     if args.figure:
         plan.save_figure(args.figure)
     if args.json:

@@ -266,9 +266,10 @@ def _factor(total: int, axis: str, size: int) -> int:
 
 
 def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
-              batch_size: int | None = None) -> Plan:
+              batch_size: int | None = None, device_kind: str | None = None) -> Plan:
     """Plans ``infos`` under ``strategy`` for ``devices`` (a list, or a count for a
-    cluster this machine does not have). Allocates nothing.
+    cluster this machine does not have) of ``device_kind`` (default: the devices' kind,
+    "cpu" for a count). Allocates nothing.
 
     Example:
         >>> plan = make_plan(model.layer_infos(), Auto(device_kind="h100"), devices=64)
@@ -287,6 +288,7 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
         strategy = S.get(strategy)
         implicit = False
     device_ids, kind = _devices(strategy, devices)
+    kind = device_kind or kind
     n = len(device_ids)
     notes: list[str] = []
 
@@ -351,10 +353,7 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
     else:  # pragma: no cover - S.get validates
         raise ValueError(f"Unknown strategy {strategy!r}")
 
-    try:
-        from hybridnet.planner import cost
-    except ImportError:  # TEMP until cost.py lands
-        return plan
+    from hybridnet.planner import cost
     cost.estimate(plan, infos, batch_size=batch_size or 32, device_kind=plan.device_kind,
                   memory_limit=getattr(strategy, "memory_limit", None))
     return plan
