@@ -99,9 +99,10 @@ def test_estimate_two_dense_layers_matches_hand_computation():
     # d2: one all-reduce of the output (4 x 4 B x 4 samples = 64 B): 2*(1/2)*64; kernel
     # grad (256 B / 2) over data: 128; replicated bias over all 4 devices: 2*(3/4)*16.
     assert d2.comm_bytes == 64 + 128 + 24
-    # memory: params + grads + 2 Adam slots (all sharded) + output per device
-    assert d1.memory_bytes == 4 * 288 + 16 * 4 * 8 / 4   # output split over data x model
-    assert d2.memory_bytes == 4 * 144 + 4 * 4 * 8 / 2    # output replicated over model
+    # memory: params + grads + 2 Adam slots (all sharded) + the inputs and outputs kept for
+    # the backward pass, per device
+    assert d1.memory_bytes == 4 * 288 + (16 + 8) * 4 * 8 / 4   # split over data x model
+    assert d2.memory_bytes == 4 * 144 + (4 + 16) * 4 * 8 / 2   # replicated over model
     assert est.memory_bytes_per_device == d1.memory_bytes + d2.memory_bytes
     assert est.comm_bytes == d1.comm_bytes + d2.comm_bytes
 
@@ -120,7 +121,7 @@ def test_estimate_two_dense_layers_matches_hand_computation():
                     tensor_parallel={}, device_kind="h100")
     cost.estimate(dp, infos, batch_size=8, device_kind="h100")
     assert dp.layers["d1"].comm_bytes == pytest.approx(2 * 3 / 4 * (8 * 16 + 16) * 4)
-    assert dp.layers["d1"].memory_bytes == 4 * 576 + 16 * 4 * 8 / 4
+    assert dp.layers["d1"].memory_bytes == 4 * 576 + (16 + 8) * 4 * 8 / 4
 
 
 def test_estimate_pipeline_bubble_and_stages():

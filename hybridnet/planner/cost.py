@@ -531,8 +531,11 @@ def layer_memory(info: LayerInfo, weight_specs: dict, out_layout: str, ctx: Mesh
     micro = ctx.batch_size / ctx.microbatches
     in_flight = in_flight_microbatches(stage, ctx.num_stages, ctx.microbatches, schedule)
     split = ctx.split(out_layout if ctx.m > 1 else B)
-    acts = sum(_per_sample(s) for s in info.output_shapes) * ctx.dtype_bytes * micro * (
-        in_flight) / split * max(int(info.calls or 1), 1)
+    # Backward reads each layer's inputs (weight and input gradients) and outputs (the
+    # activation's derivative); XLA keeps both live until the layer's backward has run.
+    saved = sum(_per_sample(s) for s in info.output_shapes) + sum(
+        _per_sample(s) for s in info.input_shapes)
+    acts = saved * ctx.dtype_bytes * micro * in_flight / split * max(int(info.calls or 1), 1)
     return {"params": params, "grads": grads, "optimizer": optimizer_slots * grads,
             "activations": acts, "total": params + grads + optimizer_slots * grads + acts}
 
