@@ -170,3 +170,9 @@ def test_strategy_decorator_sets_default():
     assert model.plan.mesh_axes == {"data": 4, "model": 2}
     model.compile("sgd", "mse", strategy=DataParallel())
     assert model.plan.mesh_axes == {"data": 8}
+
+
+def test_seq2seq_data_parallel_matches_one_device():
+    x, y = _seq_data()
+    loss = hybridnet.losses.SparseCategoricalCrossentropy(from_logits=True)
+    _same(_train(seq2seq(), ONE, x, y, loss), _train(seq2seq(), DataParallel(), x, y, loss))
