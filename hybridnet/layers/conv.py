@@ -29,6 +29,19 @@ def _check_rank(layer: Layer, input_shape, rank: int, what: str = "") -> None:
                          f"Received: input.shape={tuple(input_shape)}")
 
 
+def resolve_kernel(layer: Layer, ok: bool, why: str, backend: str) -> bool:
+    """Whether ``layer`` (with ``kernel="pallas"|"auto"``) runs its Pallas kernel, given the
+    kernel's support check: "pallas" raises if unsupported; "auto" uses it on GPU/TPU where
+    supported and otherwise falls back to XLA (with a one-line note off the CPU)."""
+    if layer.kernel == "pallas" and not ok:
+        raise ValueError(f"{_owner(layer)}: kernel='pallas' cannot run this layer: {why}")
+    use = ok and (layer.kernel == "pallas" or backend != "cpu")
+    if layer.kernel == "auto" and not ok and backend != "cpu":
+        warnings.warn(f"{_owner(layer)}: kernel='auto' falls back to XLA: {why}", stacklevel=3)
+    layer._resolved_kernel = "pallas" if use else "xla"
+    return use
+
+
 def _normalize_padding(layer: Layer, padding) -> str:
     value = padding.lower() if isinstance(padding, str) else padding
     if value not in ("valid", "same"):
@@ -152,14 +165,7 @@ class Conv2D(Layer):
             tuple(x.shape), self.weight_specs["kernel"].shape, dtype=x.dtype,
             strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
             activation=self._fused_activation(), backend=backend)
-        if self.kernel == "pallas" and not ok:
-            raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
-        use = ok and (self.kernel == "pallas" or backend != "cpu")
-        if self.kernel == "auto" and not ok and backend != "cpu":
-            warnings.warn(f"{_owner(self)}: kernel='auto' falls back to XLA: {why}",
-                          stacklevel=2)
-        self._resolved_kernel = "pallas" if use else "xla"
-        return use
+        return resolve_kernel(self, ok, why, backend)
 
     def _conv(self, x, w):
         """The XLA convolution without bias/activation: NHWC ``x`` with HWIO ``w``."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ from jax import lax
 
 from hybridnet import activations, initializers
 from hybridnet.layers.base import Layer
-from hybridnet.layers.conv import _owner
+from hybridnet.layers.conv import _owner, resolve_kernel
 
 _KERNEL_CHOICES = ("xla", "pallas", "auto")
 
@@ -202,14 +201,7 @@ class LSTM(Layer):
         from hybridnet import kernels
         backend = kernels.current_backend()
         ok, why = self._pallas_support(tuple(x.shape), x.dtype, backend)
-        if self.kernel == "pallas" and not ok:
-            raise ValueError(f"{_owner(self)}: kernel='pallas' cannot run this layer: {why}")
-        use = ok and (self.kernel == "pallas" or backend != "cpu")
-        if self.kernel == "auto" and not ok and backend != "cpu":
-            warnings.warn(f"{_owner(self)}: kernel='auto' falls back to XLA: {why}",
-                          stacklevel=2)
-        self._resolved_kernel = "pallas" if use else "xla"
-        return use
+        return resolve_kernel(self, ok, why, backend)
 
     def _recurrence(self, xw, recurrent_kernel, h0, c0, mask, recurrent_dropout_mask):
         """The XLA time loop (time-major in and out), see :func:`lstm_recurrence`."""

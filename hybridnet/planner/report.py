@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridnet.planner.schedule import schedule_ticks
 from hybridnet.planner.plan import Plan
 
 SCHEDULES = ("none", "gpipe", "1f1b")
@@ -148,59 +149,12 @@ def _ids_text(ids) -> str:
 
 # ------------------------------------------------------------------------- schedule
 
-def _stage_ops(num_stages: int, microbatches: int, schedule: str, stage: int) -> list:
-    if schedule in ("gpipe", "none"):
-        return [(j, "F") for j in range(microbatches)] + [(j, "B") for j in range(microbatches)]
-    warmup = min(num_stages - stage - 1, microbatches)
-    ops = [(j, "F") for j in range(warmup)]
-    for i in range(microbatches - warmup):
-        ops += [(warmup + i, "F"), (i, "B")]
-    return ops + [(j, "B") for j in range(microbatches - warmup, microbatches)]
-
-
 def schedule_timeline(num_stages: int, microbatches: int, schedule: str = "gpipe") -> list:
-    """The pipeline schedule on a clock: a list of ticks, each a list of
-    ``(stage, microbatch, "F"|"B")`` running at the same time (every op one tick).
-
-    Each stage runs its ops in order -- GPipe: all forwards then all backwards; 1F1B:
-    ``num_stages - stage - 1`` warm-up forwards, then one forward one backward, then
-    the remaining backwards -- as soon as their inputs exist (F after the previous
-    stage's F; B after the stage's own F and the next stage's B). Idle (stage, tick)
-    cells are the bubble: ``(p-1)/(m+p-1)`` of the time for both schedules.
-
-    Example:
-        >>> schedule_timeline(2, 2, "1f1b")[:2]
-        [[(0, 0, 'F')], [(0, 1, 'F'), (1, 0, 'F')]]
-    """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"Unknown pipeline schedule. Expected one of {SCHEDULES}. "
-                         f"Received: schedule={schedule!r}")
-    if not (isinstance(num_stages, int) and num_stages >= 1 and isinstance(microbatches, int)
-            and microbatches >= 1):
-        raise ValueError(f"schedule_timeline: `num_stages` and `microbatches` must be positive "
-                         f"ints. Received: num_stages={num_stages!r}, "
-                         f"microbatches={microbatches!r}")
-    ops = [_stage_ops(num_stages, microbatches, schedule, s) for s in range(num_stages)]
-    pos = [0] * num_stages
-    done: set = set()
-    ticks = []
-    while any(pos[s] < len(ops[s]) for s in range(num_stages)):
-        tick = []
-        for s in range(num_stages):
-            if pos[s] >= len(ops[s]):
-                continue
-            j, kind = ops[s][pos[s]]
-            if kind == "F":
-                ready = s == 0 or (s - 1, j, "F") in done
-            else:
-                ready = (s, j, "F") in done and (s == num_stages - 1 or (s + 1, j, "B") in done)
-            if ready:
-                tick.append((s, j, kind))
-        for s, _, _ in tick:
-            pos[s] += 1
-        done.update(tick)
-        ticks.append(tick)
-    return ticks
+    """The pipeline schedule on a clock (see :func:`hybridnet.planner.schedule.schedule_ticks`);
+    ``schedule="none"`` is one stage running one microbatch."""
+    if schedule == "none":
+        schedule = "gpipe"
+    return schedule_ticks(num_stages, microbatches, schedule)
 
 
 # --------------------------------------------------------------------------- figure
