@@ -27,6 +27,7 @@ from hybridnet.execution import Executor, LossContainer, MetricsContainer, split
 from hybridnet.layers.base import InputLayer, KerasTensor
 from hybridnet.models.graph import Graph
 from hybridnet.planner import make_plan
+from hybridnet.planner.cost import format_bytes
 from hybridnet.training import callbacks as callbacks_lib
 
 
@@ -685,7 +686,7 @@ class Model:
         total = self.count_params()
         trainable = sum(int(np.prod(s.shape)) for s in self.trainable_weights)
         nbytes = sum(s.nbytes for s in self.weights)
-        print_fn(f" Total params: {total:,} ({_format_bytes(nbytes)})")
+        print_fn(f" Total params: {total:,} ({format_bytes(nbytes)})")
         print_fn(f" Trainable params: {trainable:,}")
         print_fn(f" Non-trainable params: {total - trainable:,}")
 
@@ -766,11 +767,3 @@ def _class_weights_to_sample_weights(y, class_weight, sample_weight):
     if sample_weight is not None:
         weights = weights * np.asarray(sample_weight, np.float32)
     return weights
-
-
-def _format_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return f"{n} B"

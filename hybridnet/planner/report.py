@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridnet.planner.cost import format_bytes
 from hybridnet.planner.schedule import schedule_ticks
 from hybridnet.planner.plan import Plan
 
@@ -21,16 +22,6 @@ SCHEDULES = ("none", "gpipe", "1f1b")
 
 
 # ------------------------------------------------------------------------- formatting
-
-def format_bytes(n: float) -> str:
-    """``1536 -> '1.50 KB'`` (powers of 1024, as ``Model.summary``)."""
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{int(round(n))} B" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n:.2f} TB"  # pragma: no cover
-
 
 def format_seconds(s: float) -> str:
     if s >= 1:
