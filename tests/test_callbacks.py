@@ -183,3 +183,21 @@ def test_progress_bar_prints_steps_metrics_and_rate():
     with redirect_stdout(silent):
         _model().fit(x, y, epochs=1, batch_size=16, verbose=0)
     assert silent.getvalue() == ""
+
+
+def test_reduce_lr_on_plateau():
+    x, y = _data()
+    model = _model(lr=0.1)
+
+    class Flat(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_loss"] = 1.0  # never improves after the first epoch
+
+    reduce = callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_lr=0.02)
+    rates = []
+    record = callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs=None: rates.append(model.optimizer.learning_rate))
+    model.fit(x, y, epochs=5, batch_size=16, callbacks=[Flat(), reduce, record], verbose=0)
+    assert rates == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.02])
+    np.testing.assert_allclose(float(hybridnet.optimizers.get_learning_rate(model._opt_state)),
+                               0.02, rtol=1e-6)

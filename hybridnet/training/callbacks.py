@@ -402,3 +402,51 @@ class LambdaCallback(Callback):
 
     def _uses_batch_hooks(self) -> bool:
         return any(h in self.__dict__ for h in _BATCH_HOOKS)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies the learning rate by ``factor`` when ``monitor`` stops improving.
+
+    Example:
+        >>> ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2, min_lr=1e-5)
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: `factor` must be in (0, 1). "
+                             f"Received: factor={factor!r}")
+        self.monitor, self.factor, self.patience, self.verbose = monitor, factor, patience, verbose
+        self.mode = _resolve_mode(mode, monitor, "ReduceLROnPlateau")
+        self.min_delta, self.cooldown, self.min_lr = abs(min_delta), cooldown, min_lr
+        self.best, self.wait, self.cooldown_counter = None, 0, 0
+
+    def _improved(self, current):
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None:
+            warnings.warn(f"ReduceLROnPlateau: monitor '{self.monitor}' is not in the logs "
+                          f"{sorted(logs or {})}; skipping.", stacklevel=2)
+            return
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improved(current):
+            self.best, self.wait = current, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience and self.cooldown_counter == 0:
+            old = float(self.model.optimizer.learning_rate)
+            new = max(old * self.factor, self.min_lr)
+            if new < old:
+                self.model.optimizer.learning_rate = new
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
+            self.cooldown_counter, self.wait = self.cooldown, 0
