@@ -47,11 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
-from hybridnet.execution.steps import _as_list, _merge, _select
+from hybridnet.execution.steps import PackedMetrics, _as_list, _merge, _select
 from hybridnet.planner.plan import Plan
 from hybridnet.planner.schedule import (SCHEDULES, bubble_fraction,  # noqa: F401
                                         peak_inflight_microbatches, schedule_events,
@@ -183,8 +182,7 @@ class PipelineExecutor:
         self._compiled: dict = {}
         self._signatures: dict = {}
         if metrics is not None:
-            flat, self._unravel_metrics = ravel_pytree(metrics.init())
-            self._metrics_flat = np.asarray(flat)
+            self._packed = PackedMetrics(metrics)
 
     # ---------------------------------------------------------------- stage split
     def _split(self, graph, plan: Plan) -> list[_Stage]:
@@ -328,13 +326,12 @@ class PipelineExecutor:
                 for o in opt_state]
 
     def init_metrics(self):
-        return jax.device_put(self._metrics_flat, self.replicated)
+        return jax.device_put(self._packed.initial, self.replicated)
 
     def results(self, mstate) -> dict:
         fn = self._compiled.get("results")
         if fn is None:
-            fn = self._compiled["results"] = jax.jit(
-                lambda flat: self.metrics.results(self._unravel_metrics(flat)))
+            fn = self._compiled["results"] = jax.jit(self._packed.results)
         return fn(mstate)
 
     # --------------------------------------------------------------- stage programs
@@ -427,7 +424,7 @@ class PipelineExecutor:
         return jax.jit(last, donate_argnums=(9, 10))
 
     def _update_metrics(self, flat, *args):
-        return ravel_pytree(self.metrics.update(self._unravel_metrics(flat), *args))[0]
+        return self._packed.update(flat, *args)
 
     def _apply(self, st, is_last):
         def apply(params, opt_state, acc, scale, step):

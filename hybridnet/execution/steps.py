@@ -79,6 +79,22 @@ class MetricsContainer:
         return {key: m.result(state[key]) for key, m in self.entries.items()}
 
 
+class PackedMetrics:
+    """A MetricsContainer whose whole state travels as one flat float32 vector: one array
+    per dispatch instead of two per metric."""
+
+    def __init__(self, metrics: MetricsContainer):
+        self.metrics = metrics
+        flat, self.unravel = ravel_pytree(metrics.init())
+        self.initial = np.asarray(flat)  # host copy: each epoch gets a fresh buffer
+
+    def update(self, flat, *args):
+        return ravel_pytree(self.metrics.update(self.unravel(flat), *args))[0]
+
+    def results(self, flat) -> dict:
+        return self.metrics.results(self.unravel(flat))
+
+
 def _as_list(tree, n: int, what: str) -> list:
     if n == 1 and not isinstance(tree, (list, tuple)):
         return [tree]
@@ -121,9 +137,7 @@ class Executor:
         self.seed = seed
         self._compiled: dict = {}
         if metrics is not None:
-            # All metric states travel as one flat vector: fewer arrays per dispatch.
-            flat, self._unravel_metrics = ravel_pytree(metrics.init())
-            self._metrics_flat = np.asarray(flat)  # host copy: each epoch gets a fresh buffer
+            self._packed = PackedMetrics(metrics)
 
     # ------------------------------------------------------------ placement
     def weight_shardings(self) -> dict:
@@ -184,7 +198,7 @@ class Executor:
         return jax.tree_util.tree_map_with_path(pick, shapes)
 
     def init_metrics(self):
-        return jax.device_put(self._metrics_flat, self.replicated)
+        return jax.device_put(self._packed.initial, self.replicated)
 
     def batch_sharding(self, batch_size: int):
         return self.plan.batch_sharding(self.mesh, batch_size)
@@ -201,7 +215,7 @@ class Executor:
         return loss, (parts, outputs, masks, new_state, y_true, sws)
 
     def _update_metrics(self, flat, *args):
-        return ravel_pytree(self.metrics.update(self._unravel_metrics(flat), *args))[0]
+        return self._packed.update(flat, *args)
 
     def _train_step(self, ts, x, y, sw):
         rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), ts["step"])
@@ -310,8 +324,7 @@ class Executor:
     def results(self, mstate) -> dict:
         fn = self._compiled.get("results")
         if fn is None:
-            fn = self._compiled["results"] = jax.jit(
-                lambda flat: self.metrics.results(self._unravel_metrics(flat)))
+            fn = self._compiled["results"] = jax.jit(self._packed.results)
         return fn(mstate)
 
 
