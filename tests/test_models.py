@@ -154,7 +154,8 @@ def test_save_and_load_round_trip_exact(tmp_path):
         names = zf.namelist()
         config = json.loads(zf.read("config.json"))
     assert "config.json" in names and all(n.endswith((".json", ".npy")) for n in names)
-    assert config["compile"]["loss"] == {"cls": "sparse_categorical_crossentropy", "reg": "mse"}
+    assert config["compile"]["loss"] == {"per_output": {
+        "cls": {"item": "sparse_categorical_crossentropy"}, "reg": {"item": "mse"}}}
     restored = hybridnet.models.load_model(path)
     after = restored.predict(x, batch_size=16, verbose=0)
     for key in ("cls", "reg"):

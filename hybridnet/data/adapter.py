@@ -53,7 +53,7 @@ class ArrayData:
     """
 
     def __init__(self, x: list, y: list | None, sample_weight: list | None, batch_size: int,
-                 shuffle: bool = False):
+                 shuffle: bool = False, max_steps: int | None = None):
         self.x, self.y, self.sample_weight = x, y, sample_weight
         lengths = {f"x[{i}]": len(a) for i, a in enumerate(x)}
         lengths.update({f"y[{i}]": len(a) for i, a in enumerate(y or [])})
@@ -66,10 +66,13 @@ class ArrayData:
             raise ValueError("The dataset is empty. Received: x with 0 samples")
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
+        self.max_steps = max_steps
 
     @property
     def steps(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        """Batches per epoch (``steps_per_epoch`` caps them, as in Keras)."""
+        steps = math.ceil(self.num_samples / self.batch_size)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     def order(self, rng: np.random.Generator | None):
         if self.shuffle and rng is not None:
@@ -84,6 +87,7 @@ class ArrayData:
     def batches(self, order=None) -> Iterator[tuple]:
         """Batches in ``order`` (an index array, possibly a subset), or in sequence."""
         n = self.num_samples if order is None else len(order)
+        n = min(n, self.steps * self.batch_size)
         for lo in range(0, n, self.batch_size):
             hi = min(lo + self.batch_size, n)
             yield self.take(slice(lo, hi) if order is None else order[lo:hi])

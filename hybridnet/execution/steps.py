@@ -312,7 +312,7 @@ class Executor:
         def build(batch_sh):
             return jax.jit(self._placed(self._eval_step), in_shardings=(
                 self.params_sharding, self.state_sharding, self.replicated, batch_sh, batch_sh,
-                batch_sh), out_shardings=self.replicated, donate_argnums=2)
+                batch_sh), out_shardings=self.replicated)
         return self._jit("eval", batch_size, build)(params, state, mstate, x, y, sw)
 
     def predict(self, params, state, x, batch_size: int):

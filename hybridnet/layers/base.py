@@ -156,7 +156,7 @@ class Layer:
                              f"{len(axes)} axis names. Received: axes={axes!r}")
         spec = WeightSpec(name, shape, jnp.dtype(dtype or self.dtype),
                           initializers.get(initializer, owner=f"Layer '{self.name}'"),
-                          trainable=trainable and self.trainable,
+                          trainable=trainable,
                           axes=tuple(axes) if axes is not None else None)
         self.weight_specs[name] = spec
         return spec
@@ -255,11 +255,11 @@ class Layer:
 
     @property
     def trainable_weights(self) -> list[WeightSpec]:
-        return [s for s in self.weight_specs.values() if s.trainable]
+        return [s for s in self.weight_specs.values() if s.trainable and self.trainable]
 
     @property
     def non_trainable_weights(self) -> list[WeightSpec]:
-        return [s for s in self.weight_specs.values() if not s.trainable]
+        return [s for s in self.weight_specs.values() if not (s.trainable and self.trainable)]
 
     def count_params(self) -> int:
         return int(sum(np.prod(s.shape, dtype=np.int64) for s in self.weight_specs.values()))

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from typing import Any
 
@@ -45,6 +46,8 @@ class Model:
         self._tx = None
         self._opt_state = None
         self._applied_lr = None
+        self._executor_mask = None
+        self._live_train_state = None
         self._seed = utils.next_seed()
         self._train_step_count = 0
         self._terminated_on_nan = False
@@ -61,6 +64,9 @@ class Model:
         flat_out = list(outputs.values()) if isinstance(outputs, dict) else (
             list(outputs) if isinstance(outputs, (list, tuple)) else [outputs])
         self.graph = Graph(flat_in, flat_out)
+        # Layers taken from another model start from that model's current weights.
+        self._inherited = {layer.name: layer._model_ref for layer in self.graph.layers
+                           if layer._model_ref is not None and layer.weight_specs}
         for layer in self.graph.layers:
             layer._model_ref = weakref.ref(self)
         self.input_names = (list(inputs) if isinstance(inputs, dict)
@@ -165,6 +171,7 @@ class Model:
             loss = metrics = None
             if self.compiled:
                 loss, metrics = self._compiled_loss, self._compiled_metrics
+            self._executor_mask = self._trainable_mask()
             kwargs = dict(optimizer=self._tx, loss=loss, metrics=metrics,
                           num_outputs=len(self.outputs), seed=self._seed + 1)
             if len(plan.stages) > 1:
@@ -179,6 +186,7 @@ class Model:
                 # Created inside jit, already placed (and sharded) as the Plan says.
                 self._variables = self._executor.init_variables(
                     self._init_variables_fn, jax.random.PRNGKey(self._seed))
+                self._copy_inherited_weights()
             else:
                 missing = {layer for layer in self._weight_specs() if layer not in self._variables}
                 if missing:  # layers added after the weights were created
@@ -196,14 +204,17 @@ class Model:
 
     def _vars(self) -> tuple[dict, dict]:
         self._get_executor()
+        self._sync_live_state()
         return split_trainable(self._variables, self._trainable_mask())
 
     def _layer_weights(self, layer_name: str) -> dict:
         self._get_executor()
+        self._sync_live_state()
         return self._variables.get(layer_name, {})
 
     def _set_layer_weights(self, layer_name: str, values: dict):
         executor = self._get_executor()
+        self._sync_live_state()
         shardings = executor.weight_shardings().get(layer_name, {})
         self._variables[layer_name] = {
             w: jax.device_put(v, shardings[w]) for w, v in values.items()}
@@ -212,6 +223,7 @@ class Model:
     def variables(self) -> dict:
         """All weights as a pytree: layer name -> weight name -> array."""
         self._get_executor()
+        self._sync_live_state()
         return self._variables
 
     @property
@@ -230,7 +242,9 @@ class Model:
 
     def get_weights(self) -> list[np.ndarray]:
         """All weight values as numpy arrays, layer by layer (Keras order)."""
-        return [w for layer in self.layers for w in layer.get_weights()]
+        variables = self.variables
+        return [np.asarray(variables[layer.name][w]) for layer in self.layers
+                for w in layer.weight_specs]
 
     def set_weights(self, weights) -> None:
         weights = list(weights)
@@ -240,10 +254,16 @@ class Model:
                              f"Received: {len(weights)} arrays")
         offset = 0
         for layer in self.layers:
-            n = len(layer.weight_specs)
-            if n:
-                layer.set_weights(weights[offset:offset + n])
-            offset += n
+            specs = list(layer.weight_specs.values())
+            values = weights[offset:offset + len(specs)]
+            offset += len(specs)
+            for spec, value in zip(specs, values):
+                if tuple(np.shape(value)) != spec.shape:
+                    raise ValueError(f"Layer '{layer.name}': weight '{spec.name}' expected shape "
+                                     f"{spec.shape}. Received: shape={tuple(np.shape(value))}")
+            if specs:
+                self._set_layer_weights(layer.name, {
+                    s.name: jnp.asarray(v, s.dtype) for s, v in zip(specs, values)})
 
     def count_params(self) -> int:
         return sum(layer.count_params() for layer in self.layers)
@@ -317,17 +337,40 @@ class Model:
     def _build_from_data(self, x_first):
         raise ValueError(f"Model '{self.name}' is not built: it has no inputs.")
 
-    def _train_state(self, executor) -> dict:
+    def _copy_inherited_weights(self):
+        """Keras shares a layer's weights between the models that use it; here each model
+        holds its own arrays, so a model built from another model's layers starts from
+        that model's current values."""
+        for name, ref in getattr(self, "_inherited", {}).items():
+            owner = ref()
+            if owner is not None and owner is not self and owner._variables is not None:
+                self._set_layer_weights(name, dict(owner._variables.get(name, {})))
+        self._inherited = {}
+
+    def _sync_live_state(self):
+        """Mid-epoch (inside a batch callback) the latest weights live in the loop's train
+        state; make them the model's before anyone reads or writes them."""
+        live = getattr(self, "_live_train_state", None)
+        if live is not None:
+            self._store_train_state(live)
+            self._live_train_state = None  # the loop rebuilds its state from the model's
+
+    def _train_state(self, executor, metrics=None, step=None) -> dict:
+        if self._executor_mask != self._trainable_mask():
+            raise RuntimeError(f"Model '{self.name}': a layer's `trainable` changed after "
+                               f"compile(); call compile() again for it to take effect.")
         params, state = split_trainable(self._variables, self._trainable_mask())
         if self._opt_state is None:
             self._opt_state = executor.init_opt_state(params)
         elif executor.opt_sharding is None:
             self._opt_state = executor.place_opt_state(self._opt_state, params)
         self._sync_learning_rate(executor)
-        step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
-                              executor.replicated)
+        if step is None:
+            step = jax.device_put(jnp.asarray(self._train_step_count, jnp.int32),
+                                  executor.replicated)
         return {"params": params, "state": state, "opt_state": self._opt_state,
-                "metrics": executor.init_metrics(), "step": step}
+                "metrics": executor.init_metrics() if metrics is None else metrics,
+                "step": step}
 
     def _sync_learning_rate(self, executor):
         """Writes ``optimizer.learning_rate`` (set by a user or a callback) into the state."""
@@ -366,7 +409,7 @@ class Model:
             ys = None if y is None else adapter.to_list(y, self._out_names_for_data(), "y")
             sws = None if sample_weight is None else adapter.to_list(
                 sample_weight, self._out_names_for_data(), "sample_weight")
-            data = adapter.ArrayData(xs, ys, sws, batch_size, shuffle)
+            data = adapter.ArrayData(xs, ys, sws, batch_size, shuffle, max_steps=steps)
             self._prepare(xs)
             self._check_inputs(xs)
             self._check_batch_size(batch_size, what)
@@ -430,8 +473,6 @@ class Model:
             validation_batch_size=None, validation_freq=1):
         """Trains the model, as ``keras.Model.fit``. Returns a ``History``."""
         self._assert_compiled("fit")
-        if class_weight is not None:
-            sample_weight = _class_weights_to_sample_weights(y, class_weight, sample_weight)
         data = self._adapt(x, y, sample_weight, batch_size, shuffle, steps_per_epoch, "fit")
         val_data = None
         if validation_split and isinstance(data, adapter.ArrayData):
@@ -439,6 +480,13 @@ class Model:
         elif validation_split:
             raise ValueError("fit: `validation_split` needs array inputs. Received an "
                              "iterable of batches; pass validation_data instead.")
+        if class_weight is not None:  # the training part only, as Keras
+            if not isinstance(data, adapter.ArrayData) or data.y is None or len(data.y) != 1:
+                raise ValueError("fit: `class_weight` needs array inputs with a single array "
+                                 "of targets. Received: class_weight with other data")
+            data.sample_weight = [_class_weights_to_sample_weights(
+                data.y[0], class_weight, None if data.sample_weight is None
+                else data.sample_weight[0])]
         if validation_data is not None:
             val_data = self._validation_adapter(validation_data, validation_batch_size or
                                                 batch_size, validation_steps)
@@ -459,10 +507,16 @@ class Model:
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             order = data.order(rng) if isinstance(data, adapter.ArrayData) else None
-            epoch_logs = self._train_epoch(data, order, cbs)
-            if epoch_logs is None:
-                raise ValueError("fit: the dataset produced no batches. Received an empty "
-                                 "iterable for `x`")
+            logs = self._train_epoch(data, order, cbs)
+            if logs is None:
+                if epoch == initial_epoch:
+                    raise ValueError("fit: the dataset produced no batches. Received an empty "
+                                     "iterable for `x`")
+                warnings.warn(f"fit: the data ran out after {epoch - initial_epoch} epochs; "
+                              f"stopping. Pass a repeating iterable with `steps_per_epoch` "
+                              f"to train for {epochs - initial_epoch} epochs.", stacklevel=2)
+                break
+            epoch_logs = logs
             if val_data is not None and (epoch + 1) % validation_freq == 0 and \
                     not self._terminated_on_nan:
                 val_logs = self._evaluate_data(val_data, None)
@@ -493,20 +547,30 @@ class Model:
         else:
             source = ((xb, yb, swb, n, 1) for xb, yb, swb, n in self._iter_batches(data))
         compiled = {}
-        for xb, yb, swb, n, k in source:
-            if batch_callbacks:
-                cbs.on_train_batch_begin(step)
-            fn = compiled.get((n, k))
-            if fn is None:
-                fn = compiled[(n, k)] = executor.train_fn(n, k)
-            ts = fn(ts, xb, yb, swb)
-            step += k
-            if batch_callbacks:
-                metrics = ts["metrics"]
-                cbs.on_train_batch_end(step - 1, callbacks_lib.LazyLogs(
-                    lambda m=metrics: results(m)))
-                if self.stop_training:
-                    break
+        try:
+            for xb, yb, swb, n, k in source:
+                if batch_callbacks:
+                    cbs.on_train_batch_begin(step)
+                fn = compiled.get((n, k))
+                if fn is None:
+                    fn = compiled[(n, k)] = executor.train_fn(n, k)
+                ts = fn(ts, xb, yb, swb)
+                step += k
+                if batch_callbacks:
+                    values = results(ts["metrics"])  # dispatched now: the state is donated next
+                    self._live_train_state = ts
+                    cbs.on_train_batch_end(step - 1, callbacks_lib.LazyLogs(lambda v=values: v))
+                    if self._live_train_state is not ts:  # a callback used the weights
+                        ts = self._train_state(executor, metrics=ts["metrics"], step=ts["step"])
+                    self._live_train_state = None
+                    if self.stop_training:
+                        break
+        except BaseException:
+            if ts is not None and not any(getattr(a, "is_deleted", lambda: False)()
+                                          for a in jax.tree_util.tree_leaves(ts)):
+                self._store_train_state(ts)  # keep what was learnt (e.g. Ctrl-C)
+                self._train_step_count += step
+            raise
         if step == 0:
             return None
         self._store_train_state(ts)
@@ -516,7 +580,8 @@ class Model:
     def _array_batches(self, data: adapter.ArrayData, order, k: int = 1):
         """Yields ``(x, y, sw, batch_size, steps)``: groups of ``k`` full batches stacked
         for one dispatch, then the remaining batches one by one."""
-        n, b = data.num_samples, data.batch_size
+        b = data.batch_size
+        n = min(data.num_samples, data.steps * b)
         xs, ys, sws = data.x, data.y, data.sample_weight
         single = len(self.output_names) == 1
 
@@ -561,9 +626,9 @@ class Model:
                 cbs.on_test_batch_begin(i)
             mstate = executor.evaluate(params, state, mstate, xb, yb, swb, n)
             ran = True
-            if cbs:
-                cbs.on_test_batch_end(i, callbacks_lib.LazyLogs(
-                    lambda m=mstate: executor.results(m)))
+            if cbs and cbs.batch_callbacks:
+                values = executor.results(mstate)
+                cbs.on_test_batch_end(i, callbacks_lib.LazyLogs(lambda v=values: v))
         if not ran:
             raise ValueError("evaluate: the dataset produced no batches. Received an empty "
                              "iterable for `x`")

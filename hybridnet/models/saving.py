@@ -80,29 +80,43 @@ def _read_weights(zf, model, manifest) -> None:
         layer.set_weights([_get_array(zf, f"weights/{i}/{w}.npy") for w in saved_weights])
 
 
+def _encode(value, serialize):
+    """A compile argument (one item, a list, or a dict per output) as tagged JSON."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {"per_output": {k: _encode(v, serialize) for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"list": [_encode(v, serialize) for v in value]}
+    config = serialize(value)
+    if config is None:
+        raise ValueError(f"{value!r} cannot be saved")
+    return {"item": config}
+
+
+def _decode(config, deserialize):
+    if config is None:
+        return None
+    if "per_output" in config:
+        return {k: _decode(v, deserialize) for k, v in config["per_output"].items()}
+    if "list" in config:
+        return [_decode(v, deserialize) for v in config["list"]]
+    return deserialize(config["item"])
+
+
 def _compile_config(model) -> dict | None:
     if not model.compiled:
         return None
     from hybridnet import losses, metrics, optimizers
     try:
-        loss = model._loss_arg
-        loss_cfg = ({k: losses.serialize(v) for k, v in loss.items()} if isinstance(loss, dict)
-                    else [losses.serialize(v) for v in loss] if isinstance(loss, (list, tuple))
-                    else losses.serialize(loss))
-        mets = model._metrics_arg
-        if isinstance(mets, dict):
-            met_cfg = {k: [metrics.serialize(m) for m in (v if isinstance(v, (list, tuple))
-                                                          else [v])] for k, v in mets.items()}
-        elif mets is None:
-            met_cfg = None
-        else:
-            met_cfg = [[metrics.serialize(m) for m in v] if isinstance(v, (list, tuple))
-                       else metrics.serialize(v) for v in mets]
-        return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss_cfg,
-                "metrics": met_cfg, "loss_weights": model._loss_weights_arg,
+        return {"optimizer": optimizers.serialize(model.optimizer),
+                "loss": _encode(model._loss_arg, losses.serialize),
+                "metrics": _encode(model._metrics_arg, metrics.serialize),
+                "weighted_metrics": _encode(model._weighted_metrics_arg, metrics.serialize),
+                "loss_weights": model._loss_weights_arg,
                 "steps_per_execution": model.steps_per_execution}
     except (ValueError, TypeError):
-        return None  # custom callables: the model is saved uncompiled
+        return None  # custom callables or optax transforms: the model is saved uncompiled
 
 
 def save_model(model, filepath, overwrite: bool = True) -> None:
@@ -135,19 +149,12 @@ def load_model(filepath, compile: bool = True):
         model._train_step_count = config.get("train_steps", 0)
         cc = config.get("compile")
         if compile and cc is not None:
-            def de_metric(v):
-                return [metrics.deserialize(m) for m in v] if isinstance(v, list) else \
-                    metrics.deserialize(v)
-            loss = cc["loss"]
-            loss = ({k: losses.deserialize(v) for k, v in loss.items()} if isinstance(loss, dict)
-                    else [losses.deserialize(v) for v in loss] if isinstance(loss, list)
-                    else losses.deserialize(loss))
-            mets = cc["metrics"]
-            mets = None if mets is None else ({k: de_metric(v) for k, v in mets.items()}
-                                              if isinstance(mets, dict) else
-                                              [de_metric(v) for v in mets])
-            model.compile(optimizer=optimizers.deserialize(cc["optimizer"]), loss=loss,
-                          metrics=mets, loss_weights=cc.get("loss_weights"),
+            model.compile(optimizer=optimizers.deserialize(cc["optimizer"]),
+                          loss=_decode(cc["loss"], losses.deserialize),
+                          metrics=_decode(cc["metrics"], metrics.deserialize),
+                          weighted_metrics=_decode(cc.get("weighted_metrics"),
+                                                   metrics.deserialize),
+                          loss_weights=cc.get("loss_weights"),
                           steps_per_execution=cc.get("steps_per_execution", 1))
             names = sorted((n for n in zf.namelist() if n.startswith("optimizer/")),
                            key=lambda n: int(n.split("/")[1].split(".")[0]))

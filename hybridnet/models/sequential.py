@@ -37,6 +37,9 @@ class Sequential(Model):
         if not isinstance(layer, Layer):
             raise ValueError(f"Sequential '{self.name}': add() expects a Layer. "
                              f"Received: {layer!r}")
+        if any(layer is other or layer.name == other.name for other in self._stack):
+            raise ValueError(f"Sequential '{self.name}': all layers must have unique names; "
+                             f"a layer cannot be added twice. Received: layer '{layer.name}'")
         if layer._input_shape_arg is not None and self._input is None and not self._stack:
             self._input = Input(layer._input_shape_arg, batch_size=layer._batch_size_arg)
         self._stack.append(layer)

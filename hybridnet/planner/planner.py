@@ -205,6 +205,11 @@ def build_plan(infos: Sequence[LayerInfo], *, mesh_axes: dict[str, int], device_
 
     stage_plans: list[StagePlan] = []
     if pipe:
+        shared = [i.name for i in infos if i.calls > 1]
+        if shared and mesh_axes.get(pipe, 1) > 1:
+            raise ValueError(f"Pipeline: layers {shared} are called more than once (shared "
+                             f"layers); a pipeline cannot split their calls over stages. "
+                             f"Received: a '{pipe}' axis of size {mesh_axes[pipe]}")
         p = mesh_axes[pipe]
         ordered = {pipe: p, **{a: mesh_axes[a] for a in stage_axes}}
         if list(mesh_axes) != list(ordered):

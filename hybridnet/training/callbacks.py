@@ -22,7 +22,10 @@ _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_beg
 
 
 class LazyLogs(collections.abc.Mapping):
-    """A read-only dict of metric values computed and fetched on first access."""
+    """A read-only dict of metric values fetched from the device on first access.
+
+    ``compute`` returns device arrays already dispatched (nothing blocks until a value
+    is read); a callback may keep the logs and read them later."""
 
     def __init__(self, compute):
         self._compute = compute
@@ -143,6 +146,9 @@ class ProgbarLogger(Callback):
 
     def on_train_begin(self, logs=None):
         self.epochs = self.params.get("epochs", 1)
+
+    def _uses_batch_hooks(self) -> bool:
+        return self.dynamic  # a log file gets one line per epoch: no per-batch logs needed
 
     def on_epoch_begin(self, epoch, logs=None):
         self.start = self.last = time.perf_counter()
