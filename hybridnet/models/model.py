@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -114,10 +115,10 @@ class Model:
                              for w, spec in layer.weight_specs.items()}
                 for layer in self.layers if layer.weight_specs}
 
-    def _init_variables_fn(self, key):
+    def _init_variables_fn(self, key, only: str | None = None):
         out = {}
         for i, layer in enumerate(self.layers):
-            if not layer.weight_specs:
+            if not layer.weight_specs or (only is not None and layer.name != only):
                 continue
             layer_key = jax.random.fold_in(key, i)
             out[layer.name] = {
@@ -188,10 +189,12 @@ class Model:
                     self._init_variables_fn, jax.random.PRNGKey(self._seed))
                 self._copy_inherited_weights()
             else:
-                missing = {layer for layer in self._weight_specs() if layer not in self._variables}
-                if missing:  # layers added after the weights were created
-                    fresh = self._init_variables_fn(jax.random.PRNGKey(self._seed))
-                    self._variables.update({k: fresh[k] for k in missing})
+                shardings = self._executor.weight_shardings()
+                for layer in self._weight_specs():  # layers added after the weights were made
+                    if layer not in self._variables:
+                        init = functools.partial(self._init_variables_fn, only=layer)
+                        self._variables.update(jax.jit(init, out_shardings={
+                            layer: shardings[layer]})(jax.random.PRNGKey(self._seed)))
                 params, state = split_trainable(self._variables, self._trainable_mask())
                 params, state = self._executor.place_variables(params, state)
                 self._variables = _merge(params, state)
