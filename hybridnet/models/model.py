@@ -501,10 +501,13 @@ class Model:
         steps = data.steps if data.steps is not None else steps_per_epoch
         cbs = callbacks_lib.CallbackList(cb_list + [history], self, {
             "epochs": epochs, "steps": steps, "verbose": verbose,
-            "samples_per_epoch": getattr(data, "num_samples", None)})
+            "samples_per_epoch": min(data.num_samples, data.steps * data.batch_size)
+            if isinstance(data, adapter.ArrayData) else None})
         self.stop_training = False
         self._terminated_on_nan = False
-        rng = np.random.default_rng(self._seed)
+        if getattr(self, "_shuffle_rng", None) is None:  # one stream across fit() calls
+            self._shuffle_rng = np.random.default_rng(self._seed)
+        rng = self._shuffle_rng
         cbs.on_train_begin()
         epoch_logs: dict = {}
         for epoch in range(initial_epoch, epochs):
