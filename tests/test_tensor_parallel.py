@@ -176,3 +176,24 @@ def test_seq2seq_data_parallel_matches_one_device():
     x, y = _seq_data()
     loss = hybridnet.losses.SparseCategoricalCrossentropy(from_logits=True)
     _same(_train(seq2seq(), ONE, x, y, loss), _train(seq2seq(), DataParallel(), x, y, loss))
+
+
+def test_auto_plan_trains_like_one_device():
+    """Auto (costed for H100s) shards the wide FC layers and keeps the convolution data
+    parallel; training under that plan matches one device."""
+    from hybridnet.strategies import Auto
+
+    def build():
+        hybridnet.utils.set_random_seed(2)
+        return Sequential([Input((8, 8, 3)), layers.Conv2D(16, 3, padding="same",
+                                                           activation="relu"),
+                           layers.Flatten(), layers.Dense(2048, activation="relu"),
+                           layers.Dense(2048, activation="relu"), layers.Dense(16)])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(48, 8, 8, 3)).astype("float32"), rng.integers(0, 16, 48)
+    loss = hybridnet.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = build()
+    _same(_train(build(), ONE, x, y, loss, batch_size=16),
+          _train(model, Auto(device_kind="h100"), x, y, loss, batch_size=16))
+    modes = [(lp.parallel, lp.mode) for lp in model.plan.layers.values() if lp.weights]
+    assert modes[0] == ("data", None) and modes[1][0] == modes[2][0] == "model", modes
