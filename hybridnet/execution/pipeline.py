@@ -650,7 +650,9 @@ class PipelineExecutor:
 
         Returns ``(train_state, {"stage_busy_s": [...], "wall_s": float, "events":
         [(stage, mb, kind, start, end), ...]})``; busy time is the sum of the stage's
-        event times, so ``1 - sum(busy) / (num_stages * wall)`` measures the bubble.
+        event times. Blocking serialises the stages, so this ``wall_s`` has no overlap:
+        measure the bubble as ``1 - mean(busy) / wall`` with ``wall`` from ordinary
+        (asynchronously dispatched) steps, as ``benchmarks/parallel.py`` does.
         """
         events: list = []
         t0 = time.perf_counter()
