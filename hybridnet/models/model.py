@@ -26,6 +26,7 @@ from hybridnet import strategies as strategies_lib
 from hybridnet import utils
 from hybridnet.data import adapter
 from hybridnet.execution import Executor, LossContainer, MetricsContainer, split_trainable
+from hybridnet.execution.steps import _merge
 from hybridnet.layers.base import InputLayer, KerasTensor
 from hybridnet.models.graph import Graph
 from hybridnet.planner import make_plan
@@ -795,13 +796,6 @@ class Model:
     def load_weights(self, filepath):
         from hybridnet.models import saving
         saving.load_weights(self, filepath)
-
-
-def _merge(params: dict, state: dict) -> dict:
-    out = {k: dict(v) for k, v in params.items()}
-    for layer, values in state.items():
-        out.setdefault(layer, {}).update(values)
-    return out
 
 
 def _per_output(value, names, what, nested=False):

@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 FORMAT = "hybridnet"
@@ -68,9 +69,10 @@ def _weighted_layers(model):
 def _write_weights(zf, model) -> list:
     """Writes ``weights/<i>/<weight>.npy`` per weighted layer; returns the manifest."""
     manifest = []
+    variables = model.variables  # the model's own arrays (a layer may serve several models)
     for i, layer in enumerate(_weighted_layers(model)):
-        for w, value in zip(layer.weight_specs, layer.get_weights()):
-            _put_array(zf, f"weights/{i}/{w}.npy", value)
+        for w in layer.weight_specs:
+            _put_array(zf, f"weights/{i}/{w}.npy", variables[layer.name][w])
         manifest.append([layer.name, list(layer.weight_specs)])
     return manifest
 
@@ -85,7 +87,13 @@ def _read_weights(zf, model, manifest) -> None:
         if list(layer.weight_specs) != saved_weights:
             raise ValueError(f"load: layer '{layer.name}' has weights {list(layer.weight_specs)}"
                              f" but the file's layer '{saved_name}' has {saved_weights}.")
-        layer.set_weights([_get_array(zf, f"weights/{i}/{w}.npy") for w in saved_weights])
+        values = {w: _get_array(zf, f"weights/{i}/{w}.npy") for w in saved_weights}
+        for w, spec in layer.weight_specs.items():
+            if values[w].shape != spec.shape:
+                raise ValueError(f"load: layer '{layer.name}' weight '{w}' expected shape "
+                                 f"{spec.shape}. Received: shape={values[w].shape}")
+        model._set_layer_weights(layer.name, {w: jnp.asarray(v, layer.weight_specs[w].dtype)
+                                              for w, v in values.items()})
 
 
 def _encode(value, serialize):

@@ -8,6 +8,7 @@ compilation, naming the layer, the dimension and the sizes.
 """
 from __future__ import annotations
 
+
 import math
 from typing import Any, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from hybridnet import strategies as S
+from hybridnet.strategies import SCHEDULES as PIPELINE_SCHEDULES
 from hybridnet.planner.graph_info import LayerInfo
 from hybridnet.planner.plan import LayerPlan, Plan, StagePlan
 
@@ -36,7 +38,7 @@ TENSOR_PARALLEL = {
 }
 DEFAULT_MODE = {"Dense": "column", "Conv2D": "out_channels", "Embedding": "vocab",
                 "LSTM": "hidden", "Bidirectional": "hidden"}
-SCHEDULES = ("none", "gpipe", "1f1b")
+SCHEDULES = ("none",) + PIPELINE_SCHEDULES
 
 
 def _annotation(info: LayerInfo) -> tuple[bool, str | None]:

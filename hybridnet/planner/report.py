@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+
 import math
 from pathlib import Path
 
@@ -17,8 +18,8 @@ import numpy as np
 from hybridnet.planner.cost import format_bytes
 from hybridnet.planner.schedule import schedule_ticks
 from hybridnet.planner.plan import Plan
+from hybridnet.planner.planner import SCHEDULES
 
-SCHEDULES = ("none", "gpipe", "1f1b")
 
 
 # ------------------------------------------------------------------------- formatting

@@ -3,7 +3,7 @@ forward or backward, in what order. Shared by the executor, the plan figure and 
 benchmarks."""
 from __future__ import annotations
 
-SCHEDULES = ("gpipe", "1f1b")
+from hybridnet.strategies import SCHEDULES  # noqa: F401  (the one list of schedules)
 
 
 def _stage_ops(num_stages: int, microbatches: int, schedule: str, stage: int) -> list:
