@@ -70,27 +70,48 @@ def test_conv2d_forward_and_backward_lower(platform, backend, marker, dtype):
         assert _n_kernels(bwd, marker) == 4
 
 
+LSTM_VARIANTS = [("cuda", "gpu", "__gpu$xla.gpu.triton", "stepwise"),
+                 ("cuda", "gpu", "__gpu$xla.gpu.triton", "persistent"),
+                 ("tpu", "tpu", "tpu_custom_call", "persistent")]
+
+
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16],
                          ids=["f32", "bf16"])
-@pytest.mark.parametrize("platform,backend,marker", PLATFORMS,
-                         ids=[p[0] for p in PLATFORMS])
-def test_lstm_forward_and_backward_lower(platform, backend, marker, dtype):
+@pytest.mark.parametrize("platform,backend,marker,recurrence", LSTM_VARIANTS,
+                         ids=[f"{v[0]}-{v[3]}" for v in LSTM_VARIANTS])
+def test_lstm_forward_and_backward_lower(platform, backend, marker,
+                                         recurrence, dtype):
     b, t, d, u = 32, 5, 48, 96  # u not a block multiple: padded to blocks
     x = jax.ShapeDtypeStruct((b, t, d), dtype)
     k = jax.ShapeDtypeStruct((d, 4 * u), dtype)
     r = jax.ShapeDtypeStruct((u, 4 * u), dtype)
     bias = jax.ShapeDtypeStruct((4 * u,), dtype)
     lengths = jnp.full((b,), 3)
+    bs = {**default_lstm_block_sizes(backend), "recurrence": recurrence}
     f = lambda x, k, r, bias: lstm(
-        x, k, r, bias, lengths=lengths, go_backwards=True,
-        block_sizes=default_lstm_block_sizes(backend), backend=backend,
-        interpret=False)
+        x, k, r, bias, lengths=lengths, go_backwards=True, block_sizes=bs,
+        backend=backend, interpret=False)
     fwd = _lower(f, (x, k, r, bias), platform).as_text()
     assert _n_kernels(fwd, marker) == 1
     grad = jax.grad(lambda *a: jnp.sum(f(*a)[0].astype(jnp.float32)),
                     argnums=(0, 1, 2, 3))
     bwd = _lower(grad, (x, k, r, bias), platform).as_text()
     assert _n_kernels(bwd, marker) == 2  # forward + backward-through-time
+    if recurrence == "stepwise":
+        # one launch per step inside a loop, its state buffers updated in
+        # place: three aliased outputs per kernel, forward and backward
+        assert "stablehlo.while" in bwd
+        assert bwd.count("#stablehlo.output_operand_alias<") == 6
+
+
+def test_gpu_default_lstm_is_stepwise_over_batch_and_hidden_tiles():
+    """GNMT (batch 128, hidden 1024) at the GPU defaults: the stepwise grid
+    fills an H100/H200 (132 SMs) where the persistent one has 8 programs."""
+    bs = default_lstm_block_sizes("gpu")
+    assert bs["recurrence"] == "stepwise"
+    programs = (128 // bs["block_b"]) * (1024 // bs["block_u"])
+    assert 100 <= programs <= 264
+    assert default_lstm_block_sizes("tpu")["recurrence"] == "persistent"
 
 
 def test_bad_triton_block_is_rejected_by_cross_lowering():

@@ -51,9 +51,13 @@ CASES = [
 ]
 
 
+RECURRENCES = ("persistent", "stepwise")
+
+
+@pytest.mark.parametrize("recurrence", RECURRENCES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(
     f"{k}={v}" for k, v in c.items()))
-def test_lstm_outputs_and_all_grads_match_scan(case):
+def test_lstm_outputs_and_all_grads_match_scan(case, recurrence):
     x, k, r, bias, h0, c0, mask = _params()
     kw = dict(go_backwards=case["go_backwards"],
               return_sequences=case["return_sequences"])
@@ -67,9 +71,11 @@ def test_lstm_outputs_and_all_grads_match_scan(case):
     cts = tuple(jnp.asarray(rng.standard_normal(s, np.float32))
                 for s in (out_shape, (B, U), (B, U)))
 
+    kernel = functools.partial(lstm, block_sizes={"recurrence": recurrence})
+
     @jax.jit
     def run(*args):
-        return (_outputs_and_grads(lstm, *args, cts, **dict(kw)),
+        return (_outputs_and_grads(kernel, *args, cts, **dict(kw)),
                 _outputs_and_grads(lstm_reference, *args, cts, **dict(kw)))
 
     (outs, grads), (outs_r, grads_r) = run(x, k, r, bias, h0, c0)
@@ -84,11 +90,13 @@ def test_lstm_outputs_and_all_grads_match_scan(case):
         assert float(jnp.abs(grads[4]).max()) == 0.0
 
 
-def test_lstm_small_blocks_many_chunks():
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+def test_lstm_small_blocks_many_chunks(recurrence):
     """GPU-like tiling in interpret mode: several batch tiles, hidden chunks
-    and contraction chunks, padded batch (5 -> 6) and units (24 -> 32)."""
+    (stepwise: hidden tiles of the grid) and contraction chunks, padded batch
+    (5 -> 6) and units (24 -> 32)."""
     x, k, r, bias, h0, c0, _ = _params(b=5, t=4, d=3, u=24, seed=2)
-    bs = dict(block_b=2, block_u=8, block_k=16)
+    bs = dict(block_b=2, block_u=8, block_k=16, recurrence=recurrence)
     kw = dict(lengths=jnp.array([4, 2, 1, 0, 3]))
     cts = (jnp.ones((5, 4, 24)), jnp.ones((5, 24)), -jnp.ones((5, 24)))
     (o, g), (o_r, g_r) = jax.jit(lambda *a: (
@@ -120,15 +128,17 @@ def test_lstm_bfloat16_forward_close():
     assert g.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(g)))
 
 
-def test_lstm_vmap_ensemble_equals_loop():
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+def test_lstm_vmap_ensemble_equals_loop(recurrence):
     e = 2
     x, k, r, bias, h0, c0, mask = _params()
     ks = jnp.stack([k * (1 + 0.5 * i) for i in range(e)])
     rs = jnp.stack([r * (1 - 0.3 * i) for i in range(e)])
     xs = jnp.stack([x + i for i in range(e)])
+    bs = {"recurrence": recurrence, "block_u": 4, "block_k": 4}
 
     def fg(x, k, r):
-        f = lambda x, k, r: lstm(x, k, r, bias, mask=mask)
+        f = lambda x, k, r: lstm(x, k, r, bias, mask=mask, block_sizes=bs)
         outs = f(x, k, r)
         grads = jax.grad(lambda k, r: jnp.sum(jnp.sin(f(x, k, r)[0])),
                          argnums=(0, 1))(k, r)
@@ -143,14 +153,16 @@ def test_lstm_vmap_ensemble_equals_loop():
             np.testing.assert_allclose(a[i], c, **TOL)
 
 
-def test_lstm_shard_batch_equals_unsharded():
+@pytest.mark.parametrize("recurrence", RECURRENCES)
+def test_lstm_shard_batch_equals_unsharded(recurrence):
     ndev = jax.device_count()
     mesh = jax.make_mesh((ndev,), ("data",))
     x, k, r, bias, h0, c0, _ = _params(b=2 * ndev, seed=4)
     lengths = jnp.asarray(np.arange(2 * ndev) % (T + 1))
 
     def f(x, k, r, bias, lengths, h0, c0):
-        return lstm(x, k, r, bias, lengths=lengths, initial_state=(h0, c0))
+        return lstm(x, k, r, bias, lengths=lengths, initial_state=(h0, c0),
+                    block_sizes={"recurrence": recurrence})
 
     def fwd_grad(fn):
         def run(x, k, r, bias, lengths, h0, c0):
@@ -187,6 +199,12 @@ def test_lstm_argument_errors_name_the_argument():
         lstm(x.astype(jnp.float16), k, r, bias)
     with pytest.raises(ValueError, match="block_sizes"):
         lstm(x, k, r, bias, block_sizes={"block_z": 8})
+    with pytest.raises(ValueError, match=r"block_sizes\['recurrence'\].*"
+                       r"\('persistent', 'stepwise'\). Received: 'fused'"):
+        lstm(x, k, r, bias, block_sizes={"recurrence": "fused"})
+    with pytest.raises(ValueError, match="'stepwise' is for GPU"):
+        lstm(x, k, r, bias, backend="tpu", interpret=True,
+             block_sizes={"recurrence": "stepwise"})
     ok, why = supports_lstm(x.shape, U, recurrent_activation="hard_sigmoid")
     assert not ok and "recurrent_activation" in why and "Received" in why
     ok, why = supports_lstm(x.shape, U, activation="relu")

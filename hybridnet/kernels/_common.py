@@ -97,8 +97,14 @@ def next_pow2(n: int) -> int:
 
 
 def merge_block_sizes(kernel: str, defaults: Mapping[str, Any],
-                      given: Mapping[str, Any] | None) -> dict:
-    """Defaults overridden by ``given``; unknown keys raise a ValueError."""
+                      given: Mapping[str, Any] | None, *,
+                      choices: Mapping[str, tuple] | None = None) -> dict:
+    """Defaults overridden by ``given``; unknown keys raise a ValueError.
+
+    Values are positive ints or None, except the keys in ``choices``, whose
+    value must be one of the listed options (e.g. a kernel variant name).
+    """
+    choices = dict(choices or {})
     out = dict(defaults)
     if given is None:
         return out
@@ -113,7 +119,12 @@ def merge_block_sizes(kernel: str, defaults: Mapping[str, Any],
             f"expected a subset of {sorted(defaults)}. Received: "
             f"block_sizes={dict(given)!r}")
     for k, v in given.items():
-        if v is not None and (not isinstance(v, int) or v <= 0):
+        if k in choices:
+            if v not in choices[k]:
+                raise ValueError(
+                    f"Argument `block_sizes[{k!r}]` of {kernel} must be one "
+                    f"of {choices[k]}. Received: {v!r}")
+        elif v is not None and (not isinstance(v, int) or v <= 0):
             raise ValueError(
                 f"Argument `block_sizes[{k!r}]` of {kernel} must be a positive "
                 f"int or None. Received: {v!r}")

@@ -29,11 +29,33 @@ Structure
   pass a second recurrent matmul per step (recomputing the gates would need
   ``h_{t-1} @ R`` again, doubling the serial matmul work in the backward).
 
-Block sizes (``block_sizes=`` dict): ``block_b`` batch rows per program (the
-only parallel grid axis), ``block_u`` hidden units per chunk, ``block_k``
-contraction chunk, ``num_warps``/``num_stages`` (Triton). ``None`` means the
-whole dimension. On GPU the per-step phases are separated by a thread
-barrier (the kernel reads back h written by other threads of its program).
+Two recurrences (``block_sizes["recurrence"]``)
+-----------------------------------------------
+* ``"persistent"`` (TPU and CPU default): the structure above, one kernel for
+  the whole sequence with a grid over batch tiles only. The recurrent weights
+  stay in fast memory (VMEM) for all steps. On GPU the per-step phases are
+  separated by a thread barrier (the kernel reads back h written by other
+  threads of its program); with only ``B / block_b`` programs it leaves most
+  of a GPU's SMs idle (8 of 132 for GNMT's batch 128).
+* ``"stepwise"`` (GPU default): one kernel launch per time step inside a
+  ``fori_loop``, with a grid over batch tiles x hidden tiles (128 programs
+  for GNMT at the GPU defaults). Program (b, j) computes the four gate tiles
+  of hidden units ``j*block_u ...`` for its batch rows as one pass over
+  ``h_{t-1}`` (block_k chunks) against the matching columns of R, then the
+  fused cell update. The backward launch for step t first forms
+  ``dh_t[:, j] = dz_{t+1} @ R[j]^T`` (dz_{t+1} is complete: the previous
+  launch wrote it), then the fused element-wise part. No gate
+  pre-activation goes to main memory; h, c, the gate activations and dz are
+  written once per step into buffers aliased in place across launches
+  (``input_output_aliases``), and the step index is a kernel argument, so
+  one compiled kernel serves every step. R is read per step from L2 (8 MiB
+  for U=1024 in bf16; an SM's shared memory cannot hold it, and keeping
+  slices of R resident across SMs would need a grid-wide barrier per step).
+
+Block sizes (``block_sizes=`` dict): ``block_b`` batch rows per program,
+``block_u`` hidden units per chunk (stepwise: per program), ``block_k``
+contraction chunk, ``num_warps``/``num_stages`` (Triton), ``recurrence``.
+``None`` means the whole dimension.
 """
 
 from __future__ import annotations
@@ -51,13 +73,15 @@ from . import _common as C
 __all__ = ["lstm", "lstm_reference", "supports_lstm",
            "default_lstm_block_sizes"]
 
+RECURRENCES = ("persistent", "stepwise")
+
 _DEFAULTS = {
     "cpu": dict(block_b=None, block_u=None, block_k=None, num_warps=4,
-                num_stages=2),
-    "gpu": dict(block_b=16, block_u=32, block_k=32, num_warps=4,
-                num_stages=2),
+                num_stages=2, recurrence="persistent"),
+    "gpu": dict(block_b=32, block_u=32, block_k=64, num_warps=4,
+                num_stages=2, recurrence="stepwise"),
     "tpu": dict(block_b=8, block_u=128, block_k=128, num_warps=4,
-                num_stages=2),
+                num_stages=2, recurrence="persistent"),
 }
 
 
@@ -237,6 +261,7 @@ class _Cfg:
     interpret: bool
     num_warps: int
     num_stages: int
+    recurrence: str = "persistent"
 
 
 def _sigmoid(v):
@@ -425,23 +450,178 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
     return dz, dhc[t % 2], dcc[t % 2]
 
 
+def _step_index(s):
+    return jnp.full((1,), s, jnp.int32)
+
+
+_STEP_SPEC = pl.BlockSpec((1,), lambda b, j: (0,))
+
+
+def _fwd_step_call(xp, r, h0, c0, m, cfg: _Cfg):
+    """Stepwise forward: same contract as :func:`_fwd_kernel_call`, one
+    launch per step over a (batch tiles, hidden tiles) grid."""
+    t, bp, _ = xp.shape
+    up, bb, bu, bk = cfg.up, cfg.bb, cfg.bu, cfg.bk
+    nk = up // bk
+
+    def kernel(s_ref, xp_ref, r_ref, m_ref, h_in, c_in, g_in,
+               h_ref, c_ref, g_ref):
+        del g_in  # aliased to g_ref; only written
+        s = s_ref[0]
+        u0 = pl.multiple_of(pl.program_id(1) * bu, bu)
+        zs = tuple(xp_ref[s, :, pl.ds(q * up + u0, bu)] for q in range(4))
+
+        def kloop(kk, zs):
+            k0 = pl.multiple_of(kk * bk, bk)
+            hk = h_in[s, :, pl.ds(k0, bk)].astype(r_ref.dtype)
+            return tuple(
+                z + jnp.dot(*C.cpu_safe(
+                    hk, r_ref[pl.ds(k0, bk), pl.ds(q * up + u0, bu)],
+                    upcast=cfg.interpret), preferred_element_type=jnp.float32)
+                for q, z in enumerate(zs))
+
+        zs = lax.fori_loop(0, nk, kloop, zs)
+        i, f, g, o = (_sigmoid(zs[0]), _sigmoid(zs[1]), jnp.tanh(zs[2]),
+                      _sigmoid(zs[3]))
+        ch = pl.ds(u0, bu)
+        c_prev = c_in[s, :, ch]
+        h_prev = h_in[s, :, ch]
+        c_new = f * c_prev + i * g
+        h_new = o * jnp.tanh(c_new)
+        keep = m_ref[s] > 0.0
+        c_ref[s + 1, :, ch] = jnp.where(keep, c_new, c_prev)
+        h_ref[s + 1, :, ch] = jnp.where(keep, h_new, h_prev)
+        for q, v in enumerate((i, f, g, o)):
+            g_ref[s, :, pl.ds(q * up + u0, bu)] = v
+
+    rows = lambda n, w: pl.BlockSpec((n, bb, w), lambda b, j: (0, b, 0))
+    state = jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32)
+    call = pl.pallas_call(
+        kernel,
+        out_shape=(state, state,
+                   jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32)),
+        grid=(bp // bb, up // bu),
+        in_specs=[_STEP_SPEC, rows(t, 4 * up),
+                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                  rows(t, 1), rows(t + 1, up), rows(t + 1, up),
+                  rows(t, 4 * up)],
+        out_specs=(rows(t + 1, up), rows(t + 1, up), rows(t, 4 * up)),
+        input_output_aliases={4: 0, 5: 1, 6: 2},
+        compiler_params=_params(cfg, 2),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_fwd_step",
+    )
+    h_all = jnp.zeros((t + 1, bp, up), jnp.float32).at[0].set(h0)
+    c_all = jnp.zeros((t + 1, bp, up), jnp.float32).at[0].set(c0)
+    gates = jnp.zeros((t, bp, 4 * up), jnp.float32)
+    return lax.fori_loop(
+        0, t, lambda s, bufs: call(_step_index(s), xp, r, m, *bufs),
+        (h_all, c_all, gates))
+
+
+def _bwd_step_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
+    """Stepwise backward through time: same contract as
+    :func:`_bwd_kernel_call`.
+
+    Buffers indexed by time, so a launch never reads what it writes:
+    ``dz`` (T+1, ...) and ``dht`` (T+1, ...: the total dh per step, for
+    masked pass-through) end in a zero row T; ``dcc[t]`` is the cell
+    gradient carried into step t-1 (row T: zero). The launch for step t reads
+    rows t+1 and writes rows t.
+    """
+    t, bp, _ = gates.shape
+    up, bb, bu, bk = cfg.up, cfg.bb, cfg.bu, cfg.bk
+    nk4 = (4 * up) // bk
+    m1 = jnp.concatenate([m, jnp.ones((1, bp, 1), m.dtype)])  # row T: keep
+
+    def kernel(s_ref, g_ref, c_ref, m_ref, r_ref, dh_ref, dc_ref,
+               dz_in, dht_in, dcc_in, dz_out, dht_out, dcc_out):
+        tt = t - 1 - s_ref[0]
+        u0 = pl.multiple_of(pl.program_id(1) * bu, bu)
+        ch = pl.ds(u0, bu)
+
+        def kloop(kk, acc):  # dz_{t+1} @ R[rows of this tile]^T
+            k0 = pl.multiple_of(kk * bk, bk)
+            dzk, rk = C.cpu_safe(
+                dz_in[tt + 1, :, pl.ds(k0, bk)].astype(r_ref.dtype),
+                r_ref[ch, pl.ds(k0, bk)], upcast=cfg.interpret)
+            return acc + lax.dot_general(dzk, rk, (((1,), (1,)), ((), ())),
+                                         preferred_element_type=jnp.float32)
+
+        acc = lax.fori_loop(0, nk4, kloop, jnp.zeros((bb, bu), jnp.float32))
+        dh = (jnp.where(m_ref[tt + 1] > 0.0, acc, dht_in[tt + 1, :, ch])
+              + dh_ref[tt, :, ch])
+        dc = dcc_in[tt + 1, :, ch] + dc_ref[tt, :, ch]
+        i, f, g, o = (g_ref[tt, :, pl.ds(q * up + u0, bu)] for q in range(4))
+        tc = jnp.tanh(c_ref[tt + 1, :, ch])
+        dcn = dc + dh * o * (1.0 - tc * tc)
+        dzs = (dcn * g * i * (1.0 - i),
+               dcn * c_ref[tt, :, ch] * f * (1.0 - f),
+               dcn * i * (1.0 - g * g),
+               dh * tc * o * (1.0 - o))
+        keep = m_ref[tt] > 0.0
+        for q, v in enumerate(dzs):
+            dz_out[tt, :, pl.ds(q * up + u0, bu)] = jnp.where(
+                keep, v, jnp.zeros_like(v))
+        dcc_out[tt, :, ch] = jnp.where(keep, dcn * f, dc)
+        dht_out[tt, :, ch] = dh
+
+    rows = lambda n, w: pl.BlockSpec((n, bb, w), lambda b, j: (0, b, 0))
+    call = pl.pallas_call(
+        kernel,
+        out_shape=(jax.ShapeDtypeStruct((t + 1, bp, 4 * up), jnp.float32),
+                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32)),
+        grid=(bp // bb, up // bu),
+        in_specs=[_STEP_SPEC, rows(t, 4 * up), rows(t + 1, up),
+                  rows(t + 1, 1),
+                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                  rows(t, up), rows(t, up),
+                  rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)],
+        out_specs=(rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)),
+        input_output_aliases={7: 0, 8: 1, 9: 2},
+        compiler_params=_params(cfg, 2),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_bwd_step",
+    )
+    bufs = (jnp.zeros((t + 1, bp, 4 * up), jnp.float32),
+            jnp.zeros((t + 1, bp, up), jnp.float32),
+            jnp.zeros((t + 1, bp, up), jnp.float32))
+    dz, dht, dcc = lax.fori_loop(
+        0, t, lambda s, bufs: call(_step_index(s), gates, c_all, m1, r,
+                                   dh_seq, dc_seq, *bufs), bufs)
+    dz = dz[:t]
+    dh0 = jnp.dot(*C.cpu_safe(dz[0].astype(r.dtype), r.T,
+                              upcast=cfg.backend == "cpu"),
+                  preferred_element_type=jnp.float32)
+    dh0 = jnp.where(m[0] > 0.0, dh0, dht[0])
+    return dz, dh0, dcc[0]
+
+
+def _forward(xp, r, h0, c0, m, cfg):
+    if cfg.recurrence == "stepwise":
+        return _fwd_step_call(xp, r, h0, c0, m, cfg)
+    return _fwd_kernel_call(xp, r, h0, c0, m, cfg)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _lstm_core(xp, r, h0, c0, m, cfg):
-    h_all, c_all, _ = _fwd_kernel_call(xp, r, h0, c0, m, cfg)
+    h_all, c_all, _ = _forward(xp, r, h0, c0, m, cfg)
     return h_all[1:], c_all[1:]
 
 
 def _lstm_core_fwd(xp, r, h0, c0, m, cfg):
-    h_all, c_all, gates = _fwd_kernel_call(xp, r, h0, c0, m, cfg)
+    h_all, c_all, gates = _forward(xp, r, h0, c0, m, cfg)
     return (h_all[1:], c_all[1:]), (gates, h_all, c_all, m, r)
 
 
 def _lstm_core_bwd(cfg, res, cts):
     gates, h_all, c_all, m, r = res
     dh_seq, dc_seq = cts
-    dz, dh0, dc0 = _bwd_kernel_call(gates, c_all, m, r,
-                                    dh_seq.astype(jnp.float32),
-                                    dc_seq.astype(jnp.float32), cfg)
+    bwd = (_bwd_step_call if cfg.recurrence == "stepwise"
+           else _bwd_kernel_call)
+    dz, dh0, dc0 = bwd(gates, c_all, m, r, dh_seq.astype(jnp.float32),
+                       dc_seq.astype(jnp.float32), cfg)
     dr = jnp.einsum("tbu,tbg->ug",
                     *C.cpu_safe(h_all[:-1].astype(r.dtype), dz.astype(r.dtype),
                                 upcast=cfg.backend == "cpu"),
@@ -472,6 +652,7 @@ def lstm(x, kernel, recurrent_kernel, bias, *, initial_state=None, mask=None,
         processing (reversed) order, as in Keras.
       block_sizes: None (per-backend defaults), or a dict overriding
         ``block_b``, ``block_u``, ``block_k``, ``num_warps``, ``num_stages``,
+        ``recurrence`` ("persistent" or "stepwise", see the module doc),
         or "autotune" (GPU: time candidates once per shape and cache them).
       interpret: None = True on CPU, False elsewhere.
       backend: "cpu"/"gpu"/"tpu" (or "cuda"/"rocm"); None = default backend.
@@ -506,15 +687,21 @@ def lstm(x, kernel, recurrent_kernel, bias, *, initial_state=None, mask=None,
     bs = _block_sizes(block_sizes, b, t, x.shape[2], u, dtype, backend,
                       interpret)
     bb = bs["block_b"] or b
+    if backend == "gpu" and not interpret and bb > b:
+        bb = max(16, C.next_pow2(b))  # do not pad a small batch to the tile
     bu = bs["block_u"] or u
     bk = bs["block_k"] or u
     up = C.round_up(u, max(bu, bk))
     if up % bu or up % bk:
         up = C.round_up(u, bu * bk)
     bp = C.round_up(b, bb)
+    if bs["recurrence"] == "stepwise" and backend == "tpu":
+        raise ValueError("lstm kernel: block_sizes['recurrence']='stepwise' "
+                         "is for GPU (Triton); on TPU use 'persistent'. "
+                         "Received: recurrence='stepwise', backend='tpu'")
     cfg = _Cfg(t=t, bp=bp, up=up, bb=bb, bu=bu, bk=bk, backend=backend,
                interpret=interpret, num_warps=bs["num_warps"],
-               num_stages=bs["num_stages"])
+               num_stages=bs["num_stages"], recurrence=bs["recurrence"])
 
     if mask is None:
         mask = jnp.ones((b, t), bool)
@@ -555,8 +742,13 @@ def _block_sizes(block_sizes, b, t, d, u, dtype, backend, interpret):
     if block_sizes is None and backend != "cpu":
         cached = C.cached_block_sizes("lstm", key, backend)
         if cached:
-            return C.merge_block_sizes("lstm", defaults, cached)
-    return C.merge_block_sizes("lstm", defaults, block_sizes)
+            return C.merge_block_sizes("lstm", defaults, cached,
+                                       choices=_CHOICES)
+    return C.merge_block_sizes("lstm", defaults, block_sizes,
+                               choices=_CHOICES)
+
+
+_CHOICES = {"recurrence": RECURRENCES}
 
 
 def _autotune(key, b, t, d, u, dtype, backend):
@@ -576,8 +768,12 @@ def _autotune(key, b, t, d, u, dtype, backend):
         base = _DEFAULTS[backend]
         cands = [dict(base)]
         if backend == "gpu":
-            for bb, bu, bk, nw in ((16, 64, 32, 4), (32, 32, 32, 4),
-                                   (16, 64, 64, 8), (32, 64, 32, 8)):
+            for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4),
+                                   (32, 64, 64, 8), (64, 64, 64, 8),
+                                   (128, 32, 64, 4)):
                 cands.append({**base, "block_b": bb, "block_u": bu,
                               "block_k": bk, "num_warps": nw})
+            for bb in (16, 32):  # the whole-sequence kernel, for reference
+                cands.append({**base, "recurrence": "persistent",
+                              "block_b": bb, "block_u": 32, "block_k": 32})
         return C.autotune("lstm", key, cands, run, backend)
