@@ -3,15 +3,19 @@
 On GPU (one process run, same device for every side):
   * each AlexNet conv layer (batch 128, 224x224 input): Pallas conv2d vs
     ``lax.conv_general_dilated`` (XLA/cuDNN), forward and forward+backward;
-  * GNMT's LSTM (hidden 1024, input 1024, batch 128, 50 steps) forward+
-    backward: Pallas vs ``jax.experimental.rnn`` (cuDNN) vs a ``lax.scan``
-    LSTM. Ratios are Pallas time / peer time (< 1: Pallas faster).
+  * GNMT's LSTM (hidden 1024, input 1024, batch 128, 50 steps) forward and
+    forward+backward: the Pallas kernel (both recurrences, "stepwise" and
+    "persistent") vs ``jax.experimental.rnn`` (cuDNN) vs a ``lax.scan``
+    LSTM.
+Ratios are throughput ratios, Pallas / peer (> 1: Pallas faster), printed
+beside the targets: conv fwd+bwd >= 0.9x XLA/cuDNN per layer; LSTM fwd+bwd
+>= 1.5x lax.scan and >= 1/1.2 of cuDNN.
 On CPU, speed is skipped (Pallas runs only in interpret mode): the same
 layers are run scaled down and the max abs error against the XLA reference
 is printed per layer, forward and gradients.
 
 Usage:
-  python benchmarks/kernels.py [--json] [--dtype float32|bfloat16]
+  python benchmarks/kernels.py [--json | --markdown] [--dtype float32|bfloat16]
                                [--iters 20] [--autotune] [--cpu]
 """
 
@@ -41,6 +45,7 @@ ALEXNET = [
     ("conv4", 13, 384, 3, 256, 1, 1),
     ("conv5", 13, 256, 3, 256, 1, 1),
 ]
+CONV_BATCH = 128
 GNMT = dict(batch=128, steps=50, input=1024, hidden=1024)
 # CPU (interpret mode) scale-down: batch 2, spatial and channels reduced
 ALEXNET_CPU = [
@@ -51,6 +56,8 @@ ALEXNET_CPU = [
     ("conv5", 5, 32, 3, 32, 1, 1),
 ]
 GNMT_CPU = dict(batch=4, steps=6, input=32, hidden=32)
+RECURRENCES = ("stepwise", "persistent")
+TARGETS = dict(conv_fwdbwd_vs_xla=0.9, lstm_vs_scan=1.5, lstm_vs_cudnn=1 / 1.2)
 
 
 def _rand(rng, shape, dtype, scale=1.0):
@@ -120,12 +127,15 @@ def run_cpu(dtype):
                          fwd_max_abs_err=_maxerr(pf(x, w, b), rf(x, w, b)),
                          grad_max_abs_err=_maxerr(pg(x, w, b), rg(x, w, b))))
     args = _lstm_inputs(GNMT_CPU, dtype)
-    f = jax.jit(lstm)
     fr = jax.jit(lstm_reference)
-    rows.append(dict(kernel="lstm", layer="gnmt", shape=GNMT_CPU,
-                     fwd_max_abs_err=_maxerr(f(*args), fr(*args)),
-                     grad_max_abs_err=_maxerr(_lstm_grad(lstm)(*args),
-                                              _lstm_grad(lstm_reference)(*args))))
+    for rec in RECURRENCES:
+        bs = dict(recurrence=rec, block_b=2, block_u=16, block_k=16)
+        f = jax.jit(lambda *a, bs=bs: lstm(*a, block_sizes=bs))
+        rows.append(dict(kernel="lstm", layer=rec, shape=GNMT_CPU,
+                         fwd_max_abs_err=_maxerr(f(*args), fr(*args)),
+                         grad_max_abs_err=_maxerr(
+                             _lstm_grad(lstm, block_sizes=bs)(*args),
+                             _lstm_grad(lstm_reference)(*args))))
     return rows
 
 
@@ -138,20 +148,24 @@ def _cudnn_lstm(cfg, dtype):
     c0 = jnp.zeros((1, b, u), dtype)
     lens = jnp.full((b,), t, jnp.int32)
 
-    def loss(x, weights):
-        y, _, _ = rnn.lstm(x, h0, c0, weights, lens, input_size=d,
-                           hidden_size=u, num_layers=1, dropout=0.0,
-                           bidirectional=False)
-        return jnp.sum(y.astype(jnp.float32))
+    def fwd(x, weights):
+        return rnn.lstm(x, h0, c0, weights, lens, input_size=d, hidden_size=u,
+                        num_layers=1, dropout=0.0, bidirectional=False)[0]
 
-    return jax.jit(jax.grad(loss, argnums=(0, 1))), weights
+    grad = jax.grad(lambda x, w: jnp.sum(fwd(x, w).astype(jnp.float32)),
+                    argnums=(0, 1))
+    return jax.jit(fwd), jax.jit(grad), weights
+
+
+def _lstm_fwd(fn, **kw):
+    return jax.jit(lambda x, k, r, b: fn(x, k, r, b, **kw)[0])
 
 
 def run_gpu(dtype, iters, autotune):
     bs = "autotune" if autotune else None
     rows = []
     for layer in ALEXNET:
-        x, w, b, kw = _conv_inputs(layer, 128, dtype)
+        x, w, b, kw = _conv_inputs(layer, CONV_BATCH, dtype)
         row = dict(kernel="conv2d", layer=layer[0],
                    shape=dict(x=list(x.shape), w=list(w.shape),
                               stride=layer[5], pad=layer[6]))
@@ -163,40 +177,91 @@ def run_gpu(dtype, iters, autotune):
             row["xla_fwd_ms"] = _time(rf, (x, w, b), iters)
             row["pallas_fwdbwd_ms"] = _time(pg, (x, w, b), iters)
             row["xla_fwdbwd_ms"] = _time(rg, (x, w, b), iters)
-            row["fwd_ratio_pallas_over_xla"] = (row["pallas_fwd_ms"] /
-                                                row["xla_fwd_ms"])
-            row["fwdbwd_ratio_pallas_over_xla"] = (row["pallas_fwdbwd_ms"] /
-                                                   row["xla_fwdbwd_ms"])
+            row["fwd_speed_vs_xla"] = row["xla_fwd_ms"] / row["pallas_fwd_ms"]
+            row["fwdbwd_speed_vs_xla"] = (row["xla_fwdbwd_ms"] /
+                                          row["pallas_fwdbwd_ms"])
+            row["target_met"] = (row["fwdbwd_speed_vs_xla"] >=
+                                 TARGETS["conv_fwdbwd_vs_xla"])
         except Exception as e:  # report, keep going
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
         rows.append(row)
 
     args = _lstm_inputs(GNMT, dtype)
     row = dict(kernel="lstm", layer="gnmt", shape=GNMT)
-    peers = {}
+    peers = {}  # name -> (fwd, fwd+bwd, args)
+    for rec in RECURRENCES:
+        kw = dict(block_sizes=bs if bs else {"recurrence": rec})
+        if bs:  # autotune picks the recurrence too: time it once
+            if rec != RECURRENCES[0]:
+                continue
+            rec = "autotuned"
+        peers[f"pallas_{rec}"] = (_lstm_fwd(lstm, **kw),
+                                  _lstm_grad(lstm, **kw), args)
+    peers["scan"] = (_lstm_fwd(lstm_reference), _lstm_grad(lstm_reference),
+                     args)
     try:
-        peers["pallas"] = (_lstm_grad(lstm, block_sizes=bs), args)
-        peers["scan"] = (_lstm_grad(lstm_reference), args)
-        g, wts = _cudnn_lstm(GNMT, dtype)
-        peers["cudnn"] = (g, (args[0], wts))
+        f, g, wts = _cudnn_lstm(GNMT, dtype)
+        peers["cudnn"] = (f, g, (args[0], wts))
     except Exception as e:
-        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    for name, (fn, a) in peers.items():
+        row["cudnn_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    ref = jax.jit(lstm_reference)(*args)[0]
+    for name, (fwd, grad, a) in peers.items():
         try:
-            row[f"{name}_fwdbwd_ms"] = _time(fn, a, iters)
+            if name.startswith("pallas"):
+                row[f"{name}_fwd_max_abs_err"] = _maxerr(fwd(*a), ref)
+            row[f"{name}_fwd_ms"] = _time(fwd, a, iters)
+            row[f"{name}_fwdbwd_ms"] = _time(grad, a, iters)
         except Exception as e:
             row[f"{name}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    try:
-        row["fwd_max_abs_err_vs_scan"] = _maxerr(
-            jax.jit(lstm)(*args), jax.jit(lstm_reference)(*args))
-    except Exception as e:
-        row["fwd_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    for peer in ("scan", "cudnn"):
-        if "pallas_fwdbwd_ms" in row and f"{peer}_fwdbwd_ms" in row:
-            row[f"ratio_pallas_over_{peer}"] = (row["pallas_fwdbwd_ms"] /
-                                                row[f"{peer}_fwdbwd_ms"])
+    for name in [n for n in peers if n.startswith("pallas")]:
+        for peer, target in (("scan", "lstm_vs_scan"),
+                             ("cudnn", "lstm_vs_cudnn")):
+            mine, theirs = (row.get(f"{n}_fwdbwd_ms") for n in (name, peer))
+            if mine and theirs:
+                row[f"{name}_speed_vs_{peer}"] = theirs / mine
+                row[f"{name}_meets_{target}"] = (theirs / mine >=
+                                                 TARGETS[target])
     rows.append(row)
     return rows
+
+
+def _markdown(result):
+    """The GPU result as Markdown tables (for the docs)."""
+    out = [f"{result['device']}, jax {result['jax']}, {result['dtype']}, "
+           f"median of {result.get('iters')} calls; speed = peer time / "
+           "Pallas time (> 1: Pallas faster).", "",
+           f"| AlexNet layer (batch {CONV_BATCH}) | Pallas fwd ms | XLA fwd ms | "
+           "fwd speed | Pallas fwd+bwd ms | XLA fwd+bwd ms | fwd+bwd speed "
+           f"(target >= {TARGETS['conv_fwdbwd_vs_xla']}) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in result["rows"]:
+        if r["kernel"] != "conv2d":
+            continue
+        if "error" in r:
+            out.append(f"| {r['layer']} | error: {r['error'][:80]} |"
+                       + " |" * 5)
+            continue
+        out.append(f"| {r['layer']} | {r['pallas_fwd_ms']:.3f} | "
+                   f"{r['xla_fwd_ms']:.3f} | {r['fwd_speed_vs_xla']:.2f} | "
+                   f"{r['pallas_fwdbwd_ms']:.3f} | {r['xla_fwdbwd_ms']:.3f} | "
+                   f"{r['fwdbwd_speed_vs_xla']:.2f} |")
+    lstm_row = next(r for r in result["rows"] if r["kernel"] == "lstm")
+    names = sorted({k[:-len("_fwdbwd_ms")] for k in lstm_row
+                    if k.endswith("_fwdbwd_ms")})
+    out += ["", f"| GNMT LSTM (B {GNMT['batch']}, T {GNMT['steps']}, "
+            f"{GNMT['hidden']}) | fwd ms | fwd+bwd ms | "
+            f"speed vs scan (>= {TARGETS['lstm_vs_scan']}) | speed vs cuDNN "
+            f"(>= {TARGETS['lstm_vs_cudnn']:.2f}) |",
+            "| --- | --- | --- | --- | --- |"]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    for n in names:
+        out.append(f"| {n} | {fmt(lstm_row.get(f'{n}_fwd_ms'))} | "
+                   f"{fmt(lstm_row.get(f'{n}_fwdbwd_ms'))} | "
+                   f"{fmt(lstm_row.get(f'{n}_speed_vs_scan'))} | "
+                   f"{fmt(lstm_row.get(f'{n}_speed_vs_cudnn'))} |")
+    errors = {k: v for k, v in lstm_row.items() if k.endswith("error")}
+    out += [f"- {k}: {v}" for k, v in errors.items()]
+    return "\n".join(out)
 
 
 def _print_table(result):
@@ -205,13 +270,14 @@ def _print_table(result):
     if result["speed"] == "skipped":
         print("speed: skipped (Pallas runs in interpret mode on CPU); "
               "scaled-down correctness checks vs the XLA reference:")
-        print(f"{'kernel':8} {'layer':6} {'fwd max|err|':>14} {'grad max|err|':>14}")
+        print(f"{'kernel':8} {'layer':10} {'fwd max|err|':>14} {'grad max|err|':>14}")
         for r in result["rows"]:
-            print(f"{r['kernel']:8} {r['layer']:6} {r['fwd_max_abs_err']:14.3e} "
+            print(f"{r['kernel']:8} {r['layer']:10} {r['fwd_max_abs_err']:14.3e} "
                   f"{r['grad_max_abs_err']:14.3e}")
         return
-    print(f"{'layer':6} {'pallas fwd':>11} {'xla fwd':>9} {'ratio':>6} "
-          f"{'pallas f+b':>11} {'xla f+b':>9} {'ratio':>6}  (ms, median)")
+    print(f"{'layer':6} {'pallas fwd':>11} {'xla fwd':>9} {'speed':>6} "
+          f"{'pallas f+b':>11} {'xla f+b':>9} {'speed':>6}  (ms, median; "
+          "speed = xla / pallas)")
     for r in result["rows"]:
         if r["kernel"] != "conv2d":
             continue
@@ -219,12 +285,12 @@ def _print_table(result):
             print(f"{r['layer']:6} error: {r['error']}")
             continue
         print(f"{r['layer']:6} {r['pallas_fwd_ms']:11.3f} {r['xla_fwd_ms']:9.3f} "
-              f"{r['fwd_ratio_pallas_over_xla']:6.2f} "
+              f"{r['fwd_speed_vs_xla']:6.2f} "
               f"{r['pallas_fwdbwd_ms']:11.3f} {r['xla_fwdbwd_ms']:9.3f} "
-              f"{r['fwdbwd_ratio_pallas_over_xla']:6.2f}")
+              f"{r['fwdbwd_speed_vs_xla']:6.2f}")
     for r in result["rows"]:
         if r["kernel"] == "lstm":
-            print("GNMT LSTM fwd+bwd (ms): " + ", ".join(
+            print("GNMT LSTM (ms; speed = peer / pallas): " + ", ".join(
                 f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                 for k, v in r.items() if k not in ("kernel", "layer", "shape")))
 
@@ -232,6 +298,8 @@ def _print_table(result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--markdown", action="store_true",
+                    help="GPU: print the tables as Markdown (for the docs)")
     ap.add_argument("--dtype", default="float32",
                     choices=["float32", "bfloat16"])
     ap.add_argument("--iters", type=int, default=20)
@@ -255,6 +323,8 @@ def main(argv=None):
                       rows=run_cpu(dtype))
     if a.json:
         print(json.dumps(result))
+    elif a.markdown and result["speed"] == "measured":
+        print(_markdown(result))
     else:
         _print_table(result)
 
