@@ -15,7 +15,8 @@ What it cannot check (needs the device's compiler, absent here): Triton's
 compilation to PTX (register pressure, shared-memory limits, ``num_warps``
 viability) happens inside XLA:GPU at ``compile()`` time, and Mosaic's
 layout passes and VMEM capacity checks run inside libtpu at compile time;
-neither is available in a CPU jaxlib. Both platforms *can* be lowered, so
+neither is available in a CPU jaxlib (the kernels' own VMEM and shared-memory
+estimates are checked in test_kernels_budget.py). Both platforms *can* be lowered, so
 no lowering is skipped. (A plain ``pallas_call`` without Triton compiler
 params would lower for "cuda" through Mosaic GPU, which fails on
 ``dot_general`` — hence the kernels pass ``plgpu.CompilerParams`` on GPU.)

@@ -1,9 +1,10 @@
 """Shared helpers for the Pallas kernels: backend detection, block-size
-defaults, compiler parameters, a small GPU autotuner and a batch-sharding
-wrapper.
+defaults, compiler parameters, on-chip memory budgets (TPU VMEM, Triton
+shared memory), a small GPU autotuner and a batch-sharding wrapper.
 
 Nothing here reads global device state beyond ``jax.default_backend()`` when a
-caller leaves ``backend=None``.
+caller leaves ``backend=None``, and the attached TPU's VMEM size in
+:func:`tpu_vmem_capacity`.
 """
 
 from __future__ import annotations
@@ -53,13 +54,20 @@ def resolve_interpret(interpret: bool | None, backend: str) -> bool:
 
 
 def compiler_params(backend: str, interpret: bool, *, num_warps: int = 4,
-                    num_stages: int = 2, dimension_semantics=None):
+                    num_stages: int = 2, dimension_semantics=None,
+                    vmem_bytes: int | None = None, kernel: str = "kernel",
+                    block_sizes: Mapping[str, Any] | None = None,
+                    hint: str = ""):
     """Compiler parameters for ``pl.pallas_call``.
 
     GPU: Triton parameters (``plgpu.CompilerParams``); a plain ``pallas_call``
     on NVIDIA would lower through Mosaic GPU, whose lane semantics do not
     lower ``dot_general``. TPU: Mosaic ``pltpu.CompilerParams`` with the grid
-    dimension semantics. CPU/interpret: None.
+    dimension semantics and, when ``vmem_bytes`` (see :func:`vmem_bytes`) is
+    over the default scoped VMEM limit, a ``vmem_limit_bytes`` from
+    :func:`tpu_vmem_limit`, which raises a ValueError naming ``kernel``,
+    ``block_sizes`` and ``hint`` when the blocks cannot fit. CPU/interpret:
+    None.
     """
     if interpret or backend == "cpu":
         return None
@@ -70,7 +78,175 @@ def compiler_params(backend: str, interpret: bool, *, num_warps: int = 4,
     kw = {}
     if dimension_semantics is not None:
         kw["dimension_semantics"] = tuple(dimension_semantics)
+    if vmem_bytes is not None:
+        limit = tpu_vmem_limit(vmem_bytes, kernel=kernel,
+                               block_sizes=block_sizes, hint=hint)
+        if limit is not None:
+            kw["vmem_limit_bytes"] = limit
     return pltpu.CompilerParams(**kw)
+
+
+# --------------------------------------------------------------------------
+# on-chip memory budgets: TPU VMEM (Mosaic) and GPU shared memory (Triton)
+# --------------------------------------------------------------------------
+MiB = 1 << 20
+
+# XLA:TPU's default scoped VMEM limit (``--xla_tpu_scoped_vmem_limit_kib``)
+# on v4/v5e; v6e and later default to 32 MiB. A kernel whose blocks need more
+# must say so with ``vmem_limit_bytes``.
+TPU_DEFAULT_SCOPED_VMEM_BYTES = 16 * MiB
+
+# Physical VMEM per TensorCore, from jax's own table
+# (``jax/_src/pallas/mosaic/tpu_info.py``, ``pltpu.get_tpu_info()``):
+# v2/v3/v4 16 MiB, v5p 64 MiB, v5e 128 MiB, v6e 128 MiB, 7x 64 MiB. With a
+# TPU attached, :func:`tpu_vmem_capacity` asks the chip; without one (cross-
+# lowering), 128 MiB, the largest of v4..7x, is the ceiling: a need above it
+# fits none of them, while a need between 64 and 128 MiB fits v5e/v6e only
+# and is left to libtpu.
+TPU_VMEM_CAPACITY_BYTES = 128 * MiB
+
+# Headroom over the block buffers for Mosaic's internal scratch and spilled
+# in-kernel values (the largest in these kernels: conv2d's (block_m,
+# block_cout) float32 accumulator, 128 KiB at the TPU defaults).
+TPU_VMEM_MARGIN_BYTES = 4 * MiB
+
+# Shared memory one thread block may use on Hopper (H100/H200, compute
+# capability 9.0): 227 KiB of the SM's 228 KiB (NVIDIA "Tuning CUDA
+# Applications for Hopper GPU Architecture", shared memory section).
+TRITON_SMEM_LIMIT_BYTES = 232448
+
+
+def _prod(shape) -> int:
+    return int(np.prod([int(d) for d in shape], dtype=np.int64))
+
+
+def vmem_block_bytes(shape, dtype) -> int:
+    """Bytes of one VMEM buffer for a block: the two minor dimensions are
+    padded to Mosaic's tiles, 128 lanes by 8 sublanes of 32 bits (16 rows
+    for 16-bit dtypes, 32 for 8-bit); a 1-D block is one such row.
+
+    Example:
+        >>> vmem_block_bytes((50, 8, 1), jnp.float32)  # mask: 1 -> 128 lanes
+        204800
+    """
+    item = jnp.dtype(dtype).itemsize
+    shape = (1,) * max(0, 2 - len(shape)) + tuple(int(d) for d in shape)
+    rows = round_up(shape[-2], 8 * max(1, 4 // item))
+    return _prod(shape[:-2]) * rows * round_up(shape[-1], 128) * item
+
+
+def vmem_bytes(blocks, *, buffers: int = 2) -> int:
+    """VMEM bytes a ``pallas_call`` allocates per program: ``buffers`` copies
+    (Mosaic double-buffers every BlockSpec'ed input and output) of each
+    ``(shape, dtype)`` block. Scratch shapes, if any, must be added once.
+
+    Example:
+        >>> vmem_bytes([((256, 128), jnp.float32), ((128, 128), jnp.bfloat16)])
+        327680
+    """
+    return buffers * sum(vmem_block_bytes(s, d) for s, d in blocks)
+
+
+def spec_blocks(specs, arrays) -> list:
+    """``(block shape, dtype)`` of each BlockSpec in ``specs`` for the
+    operand (or ``ShapeDtypeStruct``) at the same position of ``arrays``;
+    a ``None`` block dimension (squeezed) counts as 1, a ``None`` block
+    shape as the whole array. A single spec and array are accepted, as
+    ``pallas_call`` accepts them for ``out_specs``/``out_shape``.
+
+    Example:
+        >>> need = vmem_bytes(spec_blocks(in_specs, args)
+        ...                   + spec_blocks(out_specs, out_shape))
+    """
+    if not isinstance(specs, (list, tuple)):
+        specs, arrays = (specs,), (arrays,)
+    out = []
+    for spec, a in zip(specs, arrays, strict=True):
+        shape = getattr(spec, "block_shape", None)
+        shape = a.shape if shape is None else tuple(
+            1 if d is None else int(getattr(d, "block_size", d)) for d in shape)
+        out.append((shape, a.dtype))
+    return out
+
+
+def tpu_vmem_capacity() -> int:
+    """Physical VMEM of the attached TPU's TensorCore, or
+    ``TPU_VMEM_CAPACITY_BYTES`` when no TPU is attached (cross-lowering)."""
+    try:
+        if jax.default_backend() == "tpu":
+            from jax.experimental.pallas import tpu as pltpu
+            return int(pltpu.get_tpu_info().vmem_capacity_bytes)
+    except (ValueError, RuntimeError, AttributeError):  # unknown chip
+        pass
+    return TPU_VMEM_CAPACITY_BYTES
+
+
+def tpu_vmem_limit(need: int, *, kernel: str = "kernel",
+                   block_sizes: Mapping[str, Any] | None = None,
+                   hint: str = "", capacity: int | None = None) -> int | None:
+    """The ``vmem_limit_bytes`` for a Mosaic kernel whose blocks need
+    ``need`` bytes: None while ``need + TPU_VMEM_MARGIN_BYTES`` fits the
+    default scoped limit, else that sum rounded up to a MiB (at most
+    ``capacity``). Raises a ValueError when ``need`` exceeds ``capacity``
+    (default :func:`tpu_vmem_capacity`); ``hint`` says which block sizes
+    drive the need.
+
+    Example:
+        >>> tpu_vmem_limit(50 * MiB, kernel="lstm")
+        56623104
+    """
+    capacity = tpu_vmem_capacity() if capacity is None else int(capacity)
+    if need > capacity:
+        raise ValueError(
+            f"{kernel}: the blocks of one program need {need} bytes "
+            f"({need / MiB:.1f} MiB) of TPU VMEM, inputs and outputs "
+            f"double-buffered, but {capacity} bytes ({capacity / MiB:.0f} "
+            f"MiB) are available. Pass smaller block sizes"
+            f"{'; ' + hint if hint else ''}. Received: "
+            f"block_sizes={dict(block_sizes or {})!r}")
+    want = need + TPU_VMEM_MARGIN_BYTES
+    if want <= TPU_DEFAULT_SCOPED_VMEM_BYTES:
+        return None
+    return min(round_up(want, MiB), capacity)
+
+
+def triton_smem_bytes(dots, *, num_stages: int) -> int:
+    """Estimated shared memory of a Triton kernel from its inner dots: for
+    the dots of the innermost loop, ``num_stages`` copies of the A and B
+    operand tiles (software pipelining stages them in shared memory), plus
+    one float32 accumulator tile per dot (its layout conversion for the
+    epilogue goes through shared memory); the largest loop counts.
+
+    ``dots`` lists, per innermost loop, ``(a_tiles, b_tiles, acc_tiles,
+    dtype)`` with tiles as shapes. This is an estimate, not Triton's own
+    accounting (which reuses buffers, may pipeline fewer operands, and adds
+    barriers and scratch); it serves to skip autotune candidates that
+    cannot compile, e.g. against ``TRITON_SMEM_LIMIT_BYTES``.
+
+    Example:
+        >>> triton_smem_bytes([([(64, 32)], [(32, 64)], [(64, 64)],
+        ...                     jnp.float32)], num_stages=2)
+        49152
+    """
+    best = 0
+    for a_tiles, b_tiles, acc_tiles, dtype in dots:
+        item = jnp.dtype(dtype).itemsize
+        operands = sum(_prod(t) for t in (*a_tiles, *b_tiles)) * item
+        acc = sum(_prod(t) for t in acc_tiles) * 4
+        best = max(best, num_stages * operands + acc)
+    return best
+
+
+def fit_triton_smem(candidates, smem: Callable[[Mapping[str, Any]], int], *,
+                    limit: int = TRITON_SMEM_LIMIT_BYTES) -> list:
+    """The autotune candidates whose estimated shared memory
+    ``smem(candidate)`` is at most ``limit``, in their order.
+
+    Example:
+        >>> kept = fit_triton_smem(  # in conv2d.py / lstm.py
+        ...     cands, lambda bs: triton_smem_estimate(bs, jnp.bfloat16))
+    """
+    return [dict(c) for c in candidates if smem(c) <= limit]
 
 
 def gpu_barrier(backend: str, interpret: bool) -> None:

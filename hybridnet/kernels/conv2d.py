@@ -32,7 +32,17 @@ Block sizes (``block_sizes=`` dict, merged with the per-backend defaults):
 wgrad program (split-K groups), ``wgrad_block_taps`` filter taps per wgrad
 program, ``num_warps``/``num_stages`` (Triton). ``None`` means "the whole
 dimension". Pass ``block_sizes="autotune"`` on GPU to time a few candidates
-and cache the choice (see ``_common.autotune``).
+and cache the choice (see ``_common.autotune``); candidates whose estimated
+shared memory (:func:`triton_smem_estimate`) exceeds a Hopper block's are
+not timed.
+
+On TPU every kernel's blocks are double-buffered in VMEM; each call derives
+the bytes from its BlockSpecs and raises the scoped VMEM limit when they
+exceed the 16 MiB default, or raises a ValueError naming the block sizes when
+they exceed the chip (``_common.tpu_vmem_limit``). The forward and wgrad
+input blocks hold whole images with channels padded to ``block_cin``: a
+large, few-channel first layer (AlexNet conv1, 3 -> 128 channels) needs
+~69 MiB forward and ~57 MiB per wgrad image (``wgrad_block_n``) in float32.
 """
 
 from __future__ import annotations
@@ -261,6 +271,13 @@ class _Geom:
     def p(self):
         return self.sh * self.sw
 
+    def block_sizes(self, *keys):
+        """The resolved ``block_sizes`` entries named by ``keys``."""
+        vals = dict(block_n=self.bn, block_m=self.bm, block_cout=self.bc,
+                    block_cin=self.bk, wgrad_block_n=self.wbn,
+                    wgrad_block_taps=self.wbt)
+        return {k: vals[k] for k in keys}
+
     @property
     def taps(self):
         return self.kh * self.kw
@@ -346,14 +363,32 @@ def _to_phases(x, g: _Geom, pads):
 # --------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------
+_MATMUL_KEYS = ("block_n", "block_m", "block_cout", "block_cin")
+_MATMUL_HINT = ("the input block holds block_n whole images (every stride "
+                "phase and row, channels padded to block_cin) and the weight "
+                "block every tap and input channel of block_cout outputs")
+
+
+def _params(g: _Geom, n_grid, kernel, blocks, keys, hint=""):
+    """Compiler parameters for one of the conv2d kernels; ``blocks`` are
+    its ``(shape, dtype)`` blocks (TPU: the VMEM budget)."""
+    return C.compiler_params(
+        g.backend, g.interpret, num_warps=g.num_warps,
+        num_stages=g.num_stages, dimension_semantics=("parallel",) * n_grid,
+        vmem_bytes=C.vmem_bytes(blocks), kernel=kernel,
+        block_sizes=g.block_sizes(*keys), hint=hint)
+
+
 def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
-                    wq, base, sign, relu, out_dtype, g: _Geom):
+                    wq, base, sign, relu, out_dtype, g: _Geom,
+                    kernel_name="conv2d forward"):
     """out[n, po, r, :] = epilogue(sum_t A[n, pa(t), r + off(t), :] @ W[po, t]).
 
     a: (N, PA, RA, K); wt: (PO, T, K, Cout); bias: (1, Cout) f32 or None.
     Tap t = (th, tw_): th = t // tw, tw_ = t % tw;
     pa(t) = (th % tsh) * tsw + tw_ % tsw;
     off(t) = base + sign * ((th // tsh) * wq + tw_ // tsw).
+    ``kernel_name`` names the kernel (forward or dgrad) in errors.
     """
     n, _, _, k = a.shape
     po, taps, _, cout = wt.shape
@@ -404,15 +439,18 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
     if bias is not None:
         in_specs.append(pl.BlockSpec((1, bc), lambda b, p, i, j: (0, j)))
         args.append(bias)
+    out_shape = jax.ShapeDtypeStruct((n, po, out_rows, cout), out_dtype)
+    out_spec = pl.BlockSpec((bn, 1, bm, bc), lambda b, p, i, j: (b, p, i, j))
+    blocks = (C.spec_blocks(in_specs, args)
+              + C.spec_blocks(out_spec, out_shape))
     return pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((n, po, out_rows, cout), out_dtype),
+        out_shape=out_shape,
         grid=grid,
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((bn, 1, bm, bc), lambda b, p, i, j: (b, p, i, j)),
-        compiler_params=C.compiler_params(
-            g.backend, g.interpret, num_warps=g.num_warps,
-            num_stages=g.num_stages, dimension_semantics=("parallel",) * 4),
+        out_specs=out_spec,
+        compiler_params=_params(g, 4, kernel_name, blocks, _MATMUL_KEYS,
+                                _MATMUL_HINT),
         interpret=g.interpret,
         name="hybridnet_conv2d_matmul",
     )(*args)
@@ -436,17 +474,21 @@ def _epilogue_bwd(dy, y, g: _Geom):
 
     grid = (n // bn, nm, cp // bc)
     spec = pl.BlockSpec((bn, bm, bc), lambda b, i, j: (b, i, j))
+    in_specs = [spec, spec]
+    out_shape = (jax.ShapeDtypeStruct(dy.shape, dy.dtype),
+                 jax.ShapeDtypeStruct(((n // bn) * nm, 1, cp), jnp.float32))
+    out_specs = (spec, pl.BlockSpec((1, 1, bc),
+                                    lambda b, i, j: (b * nm + i, 0, j)))
+    blocks = (C.spec_blocks(in_specs, [dy, y])
+              + C.spec_blocks(out_specs, out_shape))
     dz, dbp = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct(dy.shape, dy.dtype),
-                   jax.ShapeDtypeStruct(((n // bn) * nm, 1, cp), jnp.float32)),
+        out_shape=out_shape,
         grid=grid,
-        in_specs=[spec, spec],
-        out_specs=(spec, pl.BlockSpec((1, 1, bc),
-                                      lambda b, i, j: (b * nm + i, 0, j))),
-        compiler_params=C.compiler_params(
-            g.backend, g.interpret, num_warps=g.num_warps,
-            num_stages=g.num_stages, dimension_semantics=("parallel",) * 3),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=_params(g, 3, "conv2d bias/relu backward", blocks,
+                                ("block_n", "block_m", "block_cout")),
         interpret=g.interpret,
         name="hybridnet_conv2d_bias_relu_bwd",
     )(dy, y)
@@ -493,18 +535,25 @@ def _wgrad(a, dz, g: _Geom):
             lax.fori_loop(0, wbt, tloop, 0)
 
     grid = (groups, taps // wbt, g.kp // bk, g.cp // bc)
+    in_specs = [
+        pl.BlockSpec((wbn, g.p, g.ra, bk), lambda b, t, i, j: (b, 0, 0, i)),
+        pl.BlockSpec((wbn, g.mp, bc), lambda b, t, i, j: (b, 0, j)),
+    ]
+    out_shape = jax.ShapeDtypeStruct((groups, taps, g.kp, g.cp), jnp.float32)
+    out_spec = pl.BlockSpec((1, wbt, bk, bc), lambda b, t, i, j: (b, t, i, j))
+    blocks = (C.spec_blocks(in_specs, [a, dz])
+              + C.spec_blocks(out_spec, out_shape))
     part = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((groups, taps, g.kp, g.cp), jnp.float32),
+        out_shape=out_shape,
         grid=grid,
-        in_specs=[
-            pl.BlockSpec((wbn, g.p, g.ra, bk), lambda b, t, i, j: (b, 0, 0, i)),
-            pl.BlockSpec((wbn, g.mp, bc), lambda b, t, i, j: (b, 0, j)),
-        ],
-        out_specs=pl.BlockSpec((1, wbt, bk, bc), lambda b, t, i, j: (b, t, i, j)),
-        compiler_params=C.compiler_params(
-            g.backend, g.interpret, num_warps=g.num_warps,
-            num_stages=g.num_stages, dimension_semantics=("parallel",) * 4),
+        in_specs=in_specs,
+        out_specs=out_spec,
+        compiler_params=_params(
+            g, 4, "conv2d wgrad", blocks,
+            ("wgrad_block_n", "wgrad_block_taps", "block_cin", "block_cout"),
+            "the input block holds wgrad_block_n whole images: every "
+            "stride phase and row"),
         interpret=g.interpret,
         name="hybridnet_conv2d_wgrad",
     )(a, dz)
@@ -530,7 +579,7 @@ def _dgrad(dz, wt, g: _Geom, a_dtype):
     da = _shifted_matmul(
         dzp, wd, None, out_rows=g.dg_rows, bm=g.dg_bm, bc=g.bk, bk=g.bc,
         bn=g.bn, tw=g.kwq, tsh=1, tsw=1, wq=g.wq, base=c, sign=-1,
-        relu=False, out_dtype=a_dtype, g=g)
+        relu=False, out_dtype=a_dtype, g=g, kernel_name="conv2d dgrad")
     return da[:, :, :g.ra, :]
 
 
@@ -661,14 +710,34 @@ def _block_sizes(block_sizes, x_shape, w_shape, dtype, strides, pads,
     return C.merge_block_sizes("conv2d", defaults, block_sizes)
 
 
-def _gpu_candidates():
+def triton_smem_estimate(block_sizes, dtype=jnp.float32) -> int:
+    """Estimated Triton shared memory (bytes) of the largest conv2d kernel
+    (forward, dgrad or wgrad) at int ``block_sizes`` for operands of
+    ``dtype``: an estimate, not Triton's accounting (see
+    ``_common.triton_smem_bytes``).
+
+    Example:
+        >>> triton_smem_estimate(default_conv2d_block_sizes("gpu"))
+        57344
+    """
+    bm, bc, bk = (block_sizes[k] for k in ("block_m", "block_cout",
+                                            "block_cin"))
+    dots = [([(bm, bk)], [(bk, bc)], [(bm, bc)], dtype),  # forward
+            ([(bm, bc)], [(bc, bk)], [(bm, bk)], dtype),  # dgrad
+            ([(bm, bk)], [(bm, bc)], [(bk, bc)], dtype)]  # wgrad: A^T dz
+    return C.triton_smem_bytes(dots, num_stages=block_sizes["num_stages"])
+
+
+def _gpu_candidates(dtype=jnp.float32):
+    """Autotune candidates whose shared-memory estimate fits a Hopper block
+    (``_common.TRITON_SMEM_LIMIT_BYTES``); the defaults come first."""
     base = _DEFAULTS["gpu"]
     out = [dict(base)]
     for bm, bc, bk, nw in ((128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
                            (32, 64, 64, 4), (128, 64, 64, 8)):
         out.append({**base, "block_m": bm, "block_cout": bc, "block_cin": bk,
                     "num_warps": nw})
-    return out
+    return C.fit_triton_smem(out, lambda bs: triton_smem_estimate(bs, dtype))
 
 
 def _autotune(key, x_shape, w_shape, dtype, strides, pads, activation,
@@ -687,6 +756,6 @@ def _autotune(key, x_shape, w_shape, dtype, strides, pads, activation,
                                       backend=backend).astype(jnp.float32))
             return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w, b)
 
-        cands = (_gpu_candidates() if backend == "gpu"
+        cands = (_gpu_candidates(dtype) if backend == "gpu"
                  else [dict(_DEFAULTS[backend])])
         return C.autotune("conv2d", key, cands, run, backend)

@@ -33,7 +33,12 @@ Two recurrences (``block_sizes["recurrence"]``)
 -----------------------------------------------
 * ``"persistent"`` (TPU and CPU default): the structure above, one kernel for
   the whole sequence with a grid over batch tiles only. The recurrent weights
-  stay in fast memory (VMEM) for all steps. On GPU the per-step phases are
+  stay in fast memory (VMEM) for all steps. On TPU a program's blocks (its
+  batch rows of the whole sequence, and all of R) are double-buffered in
+  VMEM: about 64 MiB forward for GNMT (batch 128, T=50, U=1024, float32) at
+  the defaults, so the kernels raise the scoped VMEM limit from its 16 MiB
+  default (``_common.tpu_vmem_limit``), and a ValueError names the block
+  sizes when the need exceeds the chip. On GPU the per-step phases are
   separated by a thread barrier (the kernel reads back h written by other
   threads of its program); with only ``B / block_b`` programs it leaves most
   of a GPU's SMs idle (8 of 132 for GNMT's batch 128).
@@ -55,7 +60,9 @@ Two recurrences (``block_sizes["recurrence"]``)
 Block sizes (``block_sizes=`` dict): ``block_b`` batch rows per program,
 ``block_u`` hidden units per chunk (stepwise: per program), ``block_k``
 contraction chunk, ``num_warps``/``num_stages`` (Triton), ``recurrence``.
-``None`` means the whole dimension.
+``None`` means the whole dimension. GPU autotuning skips candidates whose
+estimated shared memory (:func:`triton_smem_estimate`) exceeds a Hopper
+block's.
 """
 
 from __future__ import annotations
@@ -268,11 +275,22 @@ def _sigmoid(v):
     return 1.0 / (1.0 + jnp.exp(-v))
 
 
-def _params(cfg, n_grid):
-    return C.compiler_params(cfg.backend, cfg.interpret,
-                             num_warps=cfg.num_warps,
-                             num_stages=cfg.num_stages,
-                             dimension_semantics=("parallel",) * n_grid)
+_HINT = ("each program holds block_b rows of the whole sequence and all of "
+         "recurrent_kernel")
+
+
+def _params(cfg, n_grid, kernel, in_specs, args, out_specs, out_shape):
+    """Compiler parameters for one of the LSTM kernels, with the VMEM need
+    of its blocks (TPU) taken from the call's own specs."""
+    blocks = (C.spec_blocks(in_specs, args)
+              + C.spec_blocks(out_specs, out_shape))
+    return C.compiler_params(
+        cfg.backend, cfg.interpret, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        dimension_semantics=("parallel",) * n_grid,
+        vmem_bytes=C.vmem_bytes(blocks), kernel=kernel,
+        block_sizes=dict(block_b=cfg.bb, block_u=cfg.bu, block_k=cfg.bk),
+        hint=_HINT)
 
 
 def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
@@ -332,22 +350,27 @@ def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
 
     seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
     st = lambda w: pl.BlockSpec((t + 1, bb, w), lambda b: (0, b, 0))
+    args = (xp, r, h0, c0, m)
+    in_specs = [seq(4 * up),
+                pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                seq(1)]
+    out_shape = (jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                 jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                 jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32))
+    out_specs = (st(up), st(up), seq(4 * up))
     return pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
-                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
-                   jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32)),
+        out_shape=out_shape,
         grid=(bp // bb,),
-        in_specs=[seq(4 * up),
-                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
-                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
-                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
-                  seq(1)],
-        out_specs=(st(up), st(up), seq(4 * up)),
-        compiler_params=_params(cfg, 1),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=_params(cfg, 1, "lstm forward", in_specs, args,
+                                out_specs, out_shape),
         interpret=cfg.interpret,
         name="hybridnet_lstm_fwd",
-    )(xp, r, h0, c0, m)
+    )(*args)
 
 
 def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
@@ -429,24 +452,29 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
 
     seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
     buf = pl.BlockSpec((2, bb, up), lambda b: (0, b, 0))
+    args = (gates, c_all, m, r, dh_seq, dc_seq)
+    in_specs = [seq(4 * up),
+                pl.BlockSpec((t + 1, bb, up), lambda b: (0, b, 0)),
+                seq(1),
+                pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                seq(up), seq(up)]
+    out_shape = (jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
+                 jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
+                 jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
+                 jax.ShapeDtypeStruct((bp, up), jnp.float32))
+    out_specs = (seq(4 * up), buf, buf,
+                 pl.BlockSpec((bb, up), lambda b: (b, 0)))
     dz, dhc, dcc, _ = pl.pallas_call(
         kernel,
-        out_shape=(jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
-                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
-                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
-                   jax.ShapeDtypeStruct((bp, up), jnp.float32)),
+        out_shape=out_shape,
         grid=(bp // bb,),
-        in_specs=[seq(4 * up),
-                  pl.BlockSpec((t + 1, bb, up), lambda b: (0, b, 0)),
-                  seq(1),
-                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
-                  seq(up), seq(up)],
-        out_specs=(seq(4 * up), buf, buf,
-                   pl.BlockSpec((bb, up), lambda b: (b, 0))),
-        compiler_params=_params(cfg, 1),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=_params(cfg, 1, "lstm backward", in_specs, args,
+                                out_specs, out_shape),
         interpret=cfg.interpret,
         name="hybridnet_lstm_bwd",
-    )(gates, c_all, m, r, dh_seq, dc_seq)
+    )(*args)
     return dz, dhc[t % 2], dcc[t % 2]
 
 
@@ -455,6 +483,7 @@ def _step_index(s):
 
 
 _STEP_SPEC = pl.BlockSpec((1,), lambda b, j: (0,))
+_STEP_ARG = jax.ShapeDtypeStruct((1,), jnp.int32)
 
 
 def _fwd_step_call(xp, r, h0, c0, m, cfg: _Cfg):
@@ -495,28 +524,31 @@ def _fwd_step_call(xp, r, h0, c0, m, cfg: _Cfg):
             g_ref[s, :, pl.ds(q * up + u0, bu)] = v
 
     rows = lambda n, w: pl.BlockSpec((n, bb, w), lambda b, j: (0, b, 0))
-    state = jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32)
-    call = pl.pallas_call(
-        kernel,
-        out_shape=(state, state,
-                   jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32)),
-        grid=(bp // bb, up // bu),
-        in_specs=[_STEP_SPEC, rows(t, 4 * up),
-                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
-                  rows(t, 1), rows(t + 1, up), rows(t + 1, up),
-                  rows(t, 4 * up)],
-        out_specs=(rows(t + 1, up), rows(t + 1, up), rows(t, 4 * up)),
-        input_output_aliases={4: 0, 5: 1, 6: 2},
-        compiler_params=_params(cfg, 2),
-        interpret=cfg.interpret,
-        name="hybridnet_lstm_fwd_step",
-    )
     h_all = jnp.zeros((t + 1, bp, up), jnp.float32).at[0].set(h0)
     c_all = jnp.zeros((t + 1, bp, up), jnp.float32).at[0].set(c0)
     gates = jnp.zeros((t, bp, 4 * up), jnp.float32)
+    bufs = (h_all, c_all, gates)
+    in_specs = [_STEP_SPEC, rows(t, 4 * up),
+                pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                rows(t, 1), rows(t + 1, up), rows(t + 1, up),
+                rows(t, 4 * up)]
+    out_shape = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs)
+    out_specs = (rows(t + 1, up), rows(t + 1, up), rows(t, 4 * up))
+    call = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bp // bb, up // bu),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        input_output_aliases={4: 0, 5: 1, 6: 2},
+        compiler_params=_params(cfg, 2, "lstm forward step", in_specs,
+                                (_STEP_ARG, xp, r, m, *bufs),
+                                out_specs, out_shape),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_fwd_step",
+    )
     return lax.fori_loop(
-        0, t, lambda s, bufs: call(_step_index(s), xp, r, m, *bufs),
-        (h_all, c_all, gates))
+        0, t, lambda s, bufs: call(_step_index(s), xp, r, m, *bufs), bufs)
 
 
 def _bwd_step_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
@@ -567,26 +599,29 @@ def _bwd_step_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
         dht_out[tt, :, ch] = dh
 
     rows = lambda n, w: pl.BlockSpec((n, bb, w), lambda b, j: (0, b, 0))
-    call = pl.pallas_call(
-        kernel,
-        out_shape=(jax.ShapeDtypeStruct((t + 1, bp, 4 * up), jnp.float32),
-                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
-                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32)),
-        grid=(bp // bb, up // bu),
-        in_specs=[_STEP_SPEC, rows(t, 4 * up), rows(t + 1, up),
-                  rows(t + 1, 1),
-                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
-                  rows(t, up), rows(t, up),
-                  rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)],
-        out_specs=(rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)),
-        input_output_aliases={7: 0, 8: 1, 9: 2},
-        compiler_params=_params(cfg, 2),
-        interpret=cfg.interpret,
-        name="hybridnet_lstm_bwd_step",
-    )
     bufs = (jnp.zeros((t + 1, bp, 4 * up), jnp.float32),
             jnp.zeros((t + 1, bp, up), jnp.float32),
             jnp.zeros((t + 1, bp, up), jnp.float32))
+    in_specs = [_STEP_SPEC, rows(t, 4 * up), rows(t + 1, up),
+                rows(t + 1, 1),
+                pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                rows(t, up), rows(t, up),
+                rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)]
+    out_shape = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs)
+    out_specs = (rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up))
+    call = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(bp // bb, up // bu),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        input_output_aliases={7: 0, 8: 1, 9: 2},
+        compiler_params=_params(cfg, 2, "lstm backward step", in_specs,
+                                (_STEP_ARG, gates, c_all, m1, r, dh_seq,
+                                 dc_seq, *bufs), out_specs, out_shape),
+        interpret=cfg.interpret,
+        name="hybridnet_lstm_bwd_step",
+    )
     dz, dht, dcc = lax.fori_loop(
         0, t, lambda s, bufs: call(_step_index(s), gates, c_all, m1, r,
                                    dh_seq, dc_seq, *bufs), bufs)
@@ -751,6 +786,37 @@ def _block_sizes(block_sizes, b, t, d, u, dtype, backend, interpret):
 _CHOICES = {"recurrence": RECURRENCES}
 
 
+def triton_smem_estimate(block_sizes, dtype=jnp.float32) -> int:
+    """Estimated Triton shared memory (bytes) of the larger LSTM kernel at
+    int ``block_sizes`` with a ``dtype`` recurrent kernel: the forward's
+    four gate dots per h chunk, or the backward's ``dz @ R^T``. An
+    estimate, not Triton's accounting (see ``_common.triton_smem_bytes``).
+
+    Example:
+        >>> triton_smem_estimate(default_lstm_block_sizes("gpu"))
+        98304
+    """
+    bb, bu, bk = (block_sizes[k] for k in ("block_b", "block_u", "block_k"))
+    dots = [([(bb, bk)], [(bk, bu)] * 4, [(bb, bu)] * 4, dtype),  # forward
+            ([(bb, bk)], [(bu, bk)], [(bb, bu)], dtype)]  # backward
+    return C.triton_smem_bytes(dots, num_stages=block_sizes["num_stages"])
+
+
+def _gpu_candidates(dtype=jnp.float32):
+    """Autotune candidates whose shared-memory estimate fits a Hopper block
+    (``_common.TRITON_SMEM_LIMIT_BYTES``); the defaults come first."""
+    base = _DEFAULTS["gpu"]
+    cands = [dict(base)]
+    for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4), (32, 64, 64, 8),
+                           (64, 64, 64, 8), (128, 32, 64, 4)):
+        cands.append({**base, "block_b": bb, "block_u": bu, "block_k": bk,
+                      "num_warps": nw})
+    for bb in (16, 32):  # the whole-sequence kernel, for reference
+        cands.append({**base, "recurrence": "persistent", "block_b": bb,
+                      "block_u": 32, "block_k": 32})
+    return C.fit_triton_smem(cands, lambda bs: triton_smem_estimate(bs, dtype))
+
+
 def _autotune(key, b, t, d, u, dtype, backend):
     with jax.ensure_compile_time_eval():
         ks = jax.random.split(jax.random.PRNGKey(0), 3)
@@ -765,15 +831,6 @@ def _autotune(key, b, t, d, u, dtype, backend):
                                     backend=backend)[0].astype(jnp.float32))
             return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x, k, r, bias)
 
-        base = _DEFAULTS[backend]
-        cands = [dict(base)]
-        if backend == "gpu":
-            for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4),
-                                   (32, 64, 64, 8), (64, 64, 64, 8),
-                                   (128, 32, 64, 4)):
-                cands.append({**base, "block_b": bb, "block_u": bu,
-                              "block_k": bk, "num_warps": nw})
-            for bb in (16, 32):  # the whole-sequence kernel, for reference
-                cands.append({**base, "recurrence": "persistent",
-                              "block_b": bb, "block_u": 32, "block_k": 32})
+        cands = (_gpu_candidates(dtype) if backend == "gpu"
+                 else [dict(_DEFAULTS[backend])])
         return C.autotune("lstm", key, cands, run, backend)
