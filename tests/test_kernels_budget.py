@@ -146,10 +146,12 @@ def _conv_args(n, hw, cin, k, cout):
             S((cout,), jnp.float32))
 
 
-def test_alexnet_conv1_forward_needs_a_raised_limit():
-    """conv1 (224x224x3, 11x11 stride 4, pad 2): the input block holds one
-    image's 16 stride phases of 3448 wide rows, channels padded 3 -> 128,
-    and the weight block all 121 taps: ~69 MiB, over the default limit."""
+def test_alexnet_conv1_forward_needs_a_raised_limit_in_phases():
+    """conv1 (224x224x3, 11x11 stride 4, pad 2) in the phases layout: the
+    input block holds one image's 16 stride phases of 3448 wide rows,
+    channels padded 3 -> 128, and the weight block all 121 taps: ~69 MiB,
+    over the default limit. The default layout for it (depth: 9 taps over
+    48 channels) fits the default limit."""
     bs = default_conv2d_block_sizes("tpu")
     assert bs["block_n"] == 1 and bs["block_cin"] == 128
     a = 16 * 3448 * 128 * 4
@@ -158,8 +160,13 @@ def test_alexnet_conv1_forward_needs_a_raised_limit():
     out = 256 * 128 * 4
     need = 2 * (a + w + bias + out)
     assert need == 72622080  # 69.3 MiB
-    text = _tpu_text(_conv_fn(4, ((2, 2), (2, 2))), *_conv_args(2, 224, 3, 11, 64))
+    phases = _conv_fn(4, ((2, 2), (2, 2)), {"stride_layout": "phases"})
+    text = _tpu_text(phases, *_conv_args(2, 224, 3, 11, 64))
     assert _vmem_limits(text) == [C.round_up(need + 4 * MiB, MiB)]
+    text = _tpu_text(_conv_fn(4, ((2, 2), (2, 2))),
+                     *_conv_args(2, 224, 3, 11, 64))
+    assert text.count("tpu_custom_call") == 1
+    assert "scoped_memory_configs" not in text
 
 
 def test_alexnet_conv3_fits_the_default_limit():
@@ -169,8 +176,10 @@ def test_alexnet_conv3_fits_the_default_limit():
 
 
 def test_alexnet_conv1_wgrad_names_wgrad_block_n():
-    """At batch 128 the default wgrad block (8 whole images) cannot fit any
-    TPU; the error says so, and wgrad_block_n=1 lowers."""
+    """At batch 128, in the phases layout, the default wgrad block (8 whole
+    images of 16 phases) cannot fit any TPU; the error says so, and
+    wgrad_block_n=1 lowers. The default (depth) layout lowers as it is,
+    within a 64 MiB chip."""
     args = _conv_args(128, 224, 3, 11, 64)
     pad = ((2, 2), (2, 2))
 
@@ -179,13 +188,17 @@ def test_alexnet_conv1_wgrad_names_wgrad_block_n():
         return jax.grad(lambda *a: jnp.sum(f(*a)), argnums=(0, 1, 2))
 
     with pytest.raises(ValueError) as e:
-        _tpu_text(grad(None), *args)
+        _tpu_text(grad({"stride_layout": "phases"}), *args)
     msg = str(e.value)
     for part in ("conv2d wgrad", "'wgrad_block_n': 8", "wgrad_block_n whole"):
         assert part in msg, (part, msg)
-    text = _tpu_text(grad({"wgrad_block_n": 1}), *args)
+    text = _tpu_text(grad({"stride_layout": "phases", "wgrad_block_n": 1}),
+                     *args)
     assert text.count("tpu_custom_call") == 4
     assert max(_vmem_limits(text)) <= C.TPU_VMEM_CAPACITY_BYTES
+    text = _tpu_text(grad(None), *args)
+    assert text.count("tpu_custom_call") == 4
+    assert max(_vmem_limits(text)) <= 64 * MiB
 
 
 # --------------------------------------------------------------------------

@@ -82,12 +82,62 @@ def test_conv2d_forward_and_grads_match_xla(case):
         np.testing.assert_allclose(g, gr, **TOL, err_msg=name)
 
 
-def test_conv2d_small_blocks_many_grid_steps():
+STRIDED = [c for c in CASES if c[7] != 1]
+
+
+@pytest.mark.parametrize("case", STRIDED, ids=lambda c: (
+    f"k{c[4]}x{c[5]}_s{c[7]}_{c[8] if isinstance(c[8], str) else 'explicit'}"
+    f"_{c[1]}x{c[2]}"))
+def test_conv2d_space_to_depth_matches_xla(case):
+    """stride_layout="depth": the strided convolution run as a stride-1 one
+    over phases moved into channels, forward and every gradient."""
+    n, h, w, cin, kh, kw, cout, s, pad, act, has_b = case
+    x, wt, b = _data(n, h, w, cin, kh, kw, cout, seed=5)
+    b = b if has_b else None
+    kw_ = dict(strides=s, padding=pad, activation=act)
+    out_shape = jax.eval_shape(
+        functools.partial(conv2d_reference, **kw_), x, wt, b).shape
+    ct = jnp.asarray(np.random.default_rng(8).standard_normal(out_shape,
+                                                                np.float32))
+    (y, grads), (y_r, grads_r) = jax.jit(lambda x, wt, b, ct: (
+        _fwd_and_vjp(conv2d, x, wt, b, ct, **kw_,
+                     block_sizes={"stride_layout": "depth"}),
+        _fwd_and_vjp(conv2d_reference, x, wt, b, ct, **kw_)))(x, wt, b, ct)
+    np.testing.assert_allclose(y, y_r, **TOL)
+    for name, g, gr in zip(("dx", "dw", "db"), grads, grads_r):
+        if gr is not None:
+            np.testing.assert_allclose(g, gr, **TOL, err_msg=name)
+
+
+def test_conv2d_stride_layout_auto_counts_executed_work():
+    from hybridnet.kernels import default_conv2d_block_sizes
+    from hybridnet.kernels.conv2d import _stride_layout
+    gpu, tpu, cpu = (default_conv2d_block_sizes(b) for b in ("gpu", "tpu",
+                                                             "cpu"))
+    conv1 = ((128, 224, 224, 3), (11, 11, 3, 64), (4, 4))
+    for bs in (gpu, tpu):
+        assert _stride_layout(bs, *conv1) == "depth"
+        assert _stride_layout(bs, (8, 56, 56, 128), (3, 3, 128, 128),
+                              (2, 2)) == "phases"
+        assert _stride_layout(bs, (8, 13, 13, 192), (3, 3, 192, 384),
+                              (1, 1)) == "phases"
+    # unpadded channels (CPU: one block): the zero taps of depth never pay
+    assert _stride_layout(cpu, *conv1) == "phases"
+    assert _stride_layout({**cpu, "stride_layout": "depth"}, *conv1) == "depth"
+    x, w, _ = _data(1, 9, 9, 2, 3, 3, 4)
+    with pytest.raises(ValueError, match=r"stride_layout.*\('auto', "
+                       r"'phases', 'depth'\). Received: 'im2col'"):
+        conv2d(x, w, block_sizes={"stride_layout": "im2col"})
+
+
+@pytest.mark.parametrize("stride_layout", ["phases", "depth"])
+def test_conv2d_small_blocks_many_grid_steps(stride_layout):
     """GPU-like tiling (row/channel tiles, split-K wgrad groups, tap blocks)
     run in interpret mode: exercises every multi-block code path."""
     x, w, b = _data(4, 9, 9, 20, 3, 3, 24, seed=3)
     bs = dict(block_n=2, block_m=16, block_cout=16, block_cin=8,
-              wgrad_block_n=2, wgrad_block_taps=3)
+              wgrad_block_n=2, wgrad_block_taps=3,
+              stride_layout=stride_layout)
     kw = dict(strides=2, padding="same", activation="relu")
     ct = jnp.ones((4, 5, 5, 24))
     (y, g), (y_r, g_r) = jax.jit(lambda x, w, b, ct: (
