@@ -53,10 +53,16 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: (
+# strided cases also run as stride-1 convolutions over space-to-depth
+LAYOUT_CASES = ([(c, "auto") for c in CASES]
+                + [(c, "depth") for c in CASES if c[7] != 1])
+
+
+@pytest.mark.parametrize("case,stride_layout", LAYOUT_CASES, ids=lambda c: (
+    c if isinstance(c, str) else
     f"k{c[4]}x{c[5]}_s{c[7]}_{c[8] if isinstance(c[8], str) else 'explicit'}"
     f"_{c[9]}_{'b' if c[10] else 'nob'}_{c[1]}x{c[2]}"))
-def test_conv2d_forward_and_grads_match_xla(case):
+def test_conv2d_forward_and_grads_match_xla(case, stride_layout):
     n, h, w, cin, kh, kw, cout, s, pad, act, has_b = case
     x, wt, b = _data(n, h, w, cin, kh, kw, cout)
     b = b if has_b else None
@@ -68,7 +74,8 @@ def test_conv2d_forward_and_grads_match_xla(case):
 
     @jax.jit
     def run(x, wt, b, ct):
-        return (_fwd_and_vjp(conv2d, x, wt, b, ct, **kw_),
+        return (_fwd_and_vjp(conv2d, x, wt, b, ct, **kw_,
+                             block_sizes={"stride_layout": stride_layout}),
                 _fwd_and_vjp(conv2d_reference, x, wt, b, ct, **kw_))
 
     (y, grads), (y_r, grads_r) = run(x, wt, b, ct)
@@ -80,33 +87,6 @@ def test_conv2d_forward_and_grads_match_xla(case):
             continue
         assert g.shape == gr.shape, name
         np.testing.assert_allclose(g, gr, **TOL, err_msg=name)
-
-
-STRIDED = [c for c in CASES if c[7] != 1]
-
-
-@pytest.mark.parametrize("case", STRIDED, ids=lambda c: (
-    f"k{c[4]}x{c[5]}_s{c[7]}_{c[8] if isinstance(c[8], str) else 'explicit'}"
-    f"_{c[1]}x{c[2]}"))
-def test_conv2d_space_to_depth_matches_xla(case):
-    """stride_layout="depth": the strided convolution run as a stride-1 one
-    over phases moved into channels, forward and every gradient."""
-    n, h, w, cin, kh, kw, cout, s, pad, act, has_b = case
-    x, wt, b = _data(n, h, w, cin, kh, kw, cout, seed=5)
-    b = b if has_b else None
-    kw_ = dict(strides=s, padding=pad, activation=act)
-    out_shape = jax.eval_shape(
-        functools.partial(conv2d_reference, **kw_), x, wt, b).shape
-    ct = jnp.asarray(np.random.default_rng(8).standard_normal(out_shape,
-                                                                np.float32))
-    (y, grads), (y_r, grads_r) = jax.jit(lambda x, wt, b, ct: (
-        _fwd_and_vjp(conv2d, x, wt, b, ct, **kw_,
-                     block_sizes={"stride_layout": "depth"}),
-        _fwd_and_vjp(conv2d_reference, x, wt, b, ct, **kw_)))(x, wt, b, ct)
-    np.testing.assert_allclose(y, y_r, **TOL)
-    for name, g, gr in zip(("dx", "dw", "db"), grads, grads_r):
-        if gr is not None:
-            np.testing.assert_allclose(g, gr, **TOL, err_msg=name)
 
 
 def test_conv2d_stride_layout_auto_counts_executed_work():
