@@ -13,8 +13,10 @@ How the convolution becomes matmuls
    rows.
 2. Forward kernel: each program owns a tile of ``block_m`` output rows x
    ``block_cout`` channels and accumulates, in float32, the sum over the
-   ``KH*KW`` taps (a ``fori_loop``) and over ``block_cin`` channel chunks of
-   ``A[rows + offset(tap)] @ W[tap]`` — the "sum of shifted matmuls". Bias
+   ``KH*KW`` taps and the ``block_cin`` channel chunks of
+   ``A[rows + offset(tap)] @ W[tap]`` — the "sum of shifted matmuls" — in one
+   ``fori_loop`` over (tap, chunk) pairs with one dot per step, so Triton
+   stages ``num_stages`` pairs of tiles in shared memory whatever ``Cin``. Bias
    and ReLU are applied before the single store. Output columns
    ``j >= Wo`` of each wide row are computed and discarded (waste
    ``(Wq - Wo)/Wq``, small for the usual shapes).
@@ -442,14 +444,16 @@ def _params(g: _Geom, n_grid, kernel, blocks, keys, hint=""):
 
 def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
                     wq, base, sign, relu, out_dtype, g: _Geom,
-                    kernel_name="conv2d forward"):
+                    kernel_name="conv2d forward",
+                    name="hybridnet_conv2d_matmul"):
     """out[n, po, r, :] = epilogue(sum_t A[n, pa(t), r + off(t), :] @ W[po, t]).
 
     a: (N, PA, RA, K); wt: (PO, T, K, Cout); bias: (1, Cout) f32 or None.
     Tap t = (th, tw_): th = t // tw, tw_ = t % tw;
     pa(t) = (th % tsh) * tsw + tw_ % tsw;
     off(t) = base + sign * ((th // tsh) * wq + tw_ // tsw).
-    ``kernel_name`` names the kernel (forward or dgrad) in errors.
+    ``kernel_name`` names the kernel (forward or dgrad) in errors, ``name``
+    in compiled programs and profiles.
     """
     n, _, _, k = a.shape
     po, taps, _, cout = wt.shape
@@ -463,20 +467,24 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
         r0 = pl.program_id(2) * bm
 
         def one_image(i):
-            def tap(t, acc):
+            # One loop over (tap, channel chunk) with one dot per step: the
+            # Triton pipeliner then stages num_stages pairs of tiles; a
+            # static loop over chunks would stage every chunk's tiles at
+            # once (shared memory growing with Cin / block_cin).
+            def step(s, acc):
+                t = lax.div(s, nk)
+                k0 = pl.multiple_of(lax.rem(s, nk) * bk, bk)
                 th = lax.div(t, tw)
                 tv = lax.rem(t, tw)
                 pa = lax.rem(th, tsh) * tsw + lax.rem(tv, tsw)
                 off = base + sign * (lax.div(th, tsh) * wq + lax.div(tv, tsw))
-                for kk in range(nk):  # static channel chunks
-                    xa = a_ref[i, pa, pl.ds(r0 + off, bm), pl.ds(kk * bk, bk)]
-                    wb = w_ref[0, t, pl.ds(kk * bk, bk), :]
-                    acc = acc + jnp.dot(
-                        *C.cpu_safe(xa, wb, upcast=g.interpret),
-                        preferred_element_type=jnp.float32)
-                return acc
+                xa = a_ref[i, pa, pl.ds(r0 + off, bm), pl.ds(k0, bk)]
+                wb = w_ref[0, t, pl.ds(k0, bk), :]
+                return acc + jnp.dot(*C.cpu_safe(xa, wb, upcast=g.interpret),
+                                     preferred_element_type=jnp.float32)
 
-            acc = lax.fori_loop(0, taps, tap, jnp.zeros((bm, bc), jnp.float32))
+            acc = lax.fori_loop(0, taps * nk, step,
+                                jnp.zeros((bm, bc), jnp.float32))
             if bias is not None:
                 acc = acc + b_ref[...].astype(jnp.float32)
             if relu:
@@ -513,7 +521,7 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
         compiler_params=_params(g, 4, kernel_name, blocks, _MATMUL_KEYS,
                                 _MATMUL_HINT),
         interpret=g.interpret,
-        name="hybridnet_conv2d_matmul",
+        name=name,
     )(*args)
 
 
@@ -640,7 +648,8 @@ def _dgrad(dz, wt, g: _Geom, a_dtype):
     da = _shifted_matmul(
         dzp, wd, None, out_rows=g.dg_rows, bm=g.dg_bm, bc=g.bk, bk=g.bc,
         bn=g.bn, tw=g.kwq, tsh=1, tsw=1, wq=g.wq, base=c, sign=-1,
-        relu=False, out_dtype=a_dtype, g=g, kernel_name="conv2d dgrad")
+        relu=False, out_dtype=a_dtype, g=g, kernel_name="conv2d dgrad",
+        name="hybridnet_conv2d_dgrad")
     return da[:, :, :g.ra, :]
 
 

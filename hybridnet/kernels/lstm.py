@@ -808,7 +808,7 @@ def _gpu_candidates(dtype=jnp.float32):
     base = _DEFAULTS["gpu"]
     cands = [dict(base)]
     for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4), (32, 64, 64, 8),
-                           (64, 64, 64, 8), (128, 32, 64, 4)):
+                           (64, 64, 64, 8), (128, 32, 64, 8)):
         cands.append({**base, "block_b": bb, "block_u": bu, "block_k": bk,
                       "num_warps": nw})
     for bb in (16, 32):  # the whole-sequence kernel, for reference
