@@ -54,6 +54,13 @@ and cache the choice (see ``_common.autotune``); candidates whose estimated
 shared memory (:func:`triton_smem_estimate`) exceeds a Hopper block's are
 not timed.
 
+On TPU, Mosaic loads rows only at offsets it can prove sublane-aligned,
+and a tap's row offset is dynamic: the kernels load an aligned window of
+``block_m + 16`` rows and rotate it into place (``_shifted_rows``; the
+arrays carry 16 rows of slack for it). ``backend="tpu", interpret=True``
+runs this code in JAX's TPU interpreter; ``benchmarks/tpu_compile.py``
+compiles it with libtpu.
+
 On TPU every kernel's blocks are double-buffered in VMEM; each call derives
 the bytes from its BlockSpecs and raises the scoped VMEM limit when they
 exceed the 16 MiB default, or raises a ValueError naming the block sizes when
@@ -326,7 +333,8 @@ class _Geom:
 
     @property
     def dg_rz(self):  # rows of the shifted, zero-padded output gradient
-        return C.round_up(self.dg_rows + self.dg_c, 8)
+        return C.round_up(self.dg_rows + self.dg_c + _row_slack(self.backend),
+                          8)
 
 
 def _divisor_at_most(n, cap):
@@ -335,6 +343,40 @@ def _divisor_at_most(n, cap):
         if n % d == 0:
             return d
     return 1
+
+
+_TPU_ROW_ALIGN = 16  # sublanes of a bfloat16 vreg (float32: 8)
+
+
+def _row_slack(backend):
+    """Extra rows after the last one a kernel reads: on TPU, rows are loaded
+    from an aligned window that may reach ``_TPU_ROW_ALIGN`` rows further."""
+    return _TPU_ROW_ALIGN if backend == "tpu" else 0
+
+
+def _shifted_rows(ref, lead, start, n, cols, g):
+    """``ref[*lead, start:start + n, cols]`` for a dynamic, unaligned ``start``.
+
+    Mosaic (TPU) loads rows only at offsets it can prove sublane-aligned, so
+    there the rows come from an aligned window of ``n + 16`` rows, rotated
+    into place (in float32: Mosaic does not rotate packed bfloat16)."""
+    if g.backend != "tpu":
+        return ref[(*lead, pl.ds(start, n), cols)]
+    from jax.experimental.pallas import tpu as pltpu
+    al = _TPU_ROW_ALIGN
+    base = pl.multiple_of(lax.div(start, al) * al, al)
+    wide = ref[(*lead, pl.ds(base, n + al), cols)].astype(jnp.float32)
+    shift = lax.rem(n + al - (start - base), n + al)
+    return pltpu.roll(wide, shift, 0)[:n].astype(ref.dtype)
+
+
+def _interpret(g):
+    """``pallas_call``'s ``interpret``: on the TPU backend, JAX's TPU
+    interpreter (it runs TPU primitives such as the row rotation on CPU)."""
+    if g.interpret and g.backend == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+        return pltpu.InterpretParams()
+    return g.interpret
 
 
 def _geometry(x_shape, w_shape, strides, pads, bs, relu, has_bias, backend,
@@ -354,7 +396,7 @@ def _geometry(x_shape, w_shape, strides, pads, bs, relu, has_bias, backend,
     bm = bs["block_m"] or C.round_up(m, align)
     mp = C.round_up(m, bm)
     maxoff = ((kh - 1) // sh) * wq + (kw - 1) // sw
-    ra = C.round_up(max(hq * wq, mp + maxoff), 8)
+    ra = C.round_up(max(hq * wq, mp + maxoff + _row_slack(backend)), 8)
     bk = bs["block_cin"] or cin
     bc = bs["block_cout"] or cout
     kp = C.round_up(cin, bk)
@@ -478,7 +520,8 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
                 tv = lax.rem(t, tw)
                 pa = lax.rem(th, tsh) * tsw + lax.rem(tv, tsw)
                 off = base + sign * (lax.div(th, tsh) * wq + lax.div(tv, tsw))
-                xa = a_ref[i, pa, pl.ds(r0 + off, bm), pl.ds(k0, bk)]
+                xa = _shifted_rows(a_ref, (i, pa), r0 + off, bm,
+                                   pl.ds(k0, bk), g)
                 wb = w_ref[0, t, pl.ds(k0, bk), :]
                 return acc + jnp.dot(*C.cpu_safe(xa, wb, upcast=g.interpret),
                                      preferred_element_type=jnp.float32)
@@ -520,7 +563,7 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
         out_specs=out_spec,
         compiler_params=_params(g, 4, kernel_name, blocks, _MATMUL_KEYS,
                                 _MATMUL_HINT),
-        interpret=g.interpret,
+        interpret=_interpret(g),
         name=name,
     )(*args)
 
@@ -558,7 +601,7 @@ def _epilogue_bwd(dy, y, g: _Geom):
         out_specs=out_specs,
         compiler_params=_params(g, 3, "conv2d bias/relu backward", blocks,
                                 ("block_n", "block_m", "block_cout")),
-        interpret=g.interpret,
+        interpret=_interpret(g),
         name="hybridnet_conv2d_bias_relu_bwd",
     )(dy, y)
     return dz, jnp.sum(dbp, axis=(0, 1))
@@ -584,7 +627,8 @@ def _wgrad(a, dz, g: _Geom):
             def body(it, acc):
                 i = lax.div(it, nrow)
                 r0 = lax.rem(it, nrow) * bm
-                xa = a_ref[i, pa, pl.ds(r0 + off, bm), :]
+                xa = _shifted_rows(a_ref, (i, pa), r0 + off, bm,
+                                   slice(None), g)
                 d = dz_ref[i, pl.ds(r0, bm), :]
                 xa, d = C.cpu_safe(xa, d, upcast=g.interpret)
                 return acc + lax.dot_general(
@@ -623,7 +667,7 @@ def _wgrad(a, dz, g: _Geom):
             ("wgrad_block_n", "wgrad_block_taps", "block_cin", "block_cout"),
             "the input block holds wgrad_block_n whole images: every "
             "stride phase and row"),
-        interpret=g.interpret,
+        interpret=_interpret(g),
         name="hybridnet_conv2d_wgrad",
     )(a, dz)
     return jnp.sum(part, axis=0)
