@@ -14,6 +14,18 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+# AlexNet's convolutions (torchvision): name, input H=W, Cin, kernel, Cout,
+# stride, padding; the kernel benchmarks run them at batch 128.
+ALEXNET_CONVS = [
+    ("conv1", 224, 3, 11, 64, 4, 2),
+    ("conv2", 27, 64, 5, 192, 1, 2),
+    ("conv3", 13, 192, 3, 384, 1, 1),
+    ("conv4", 13, 384, 3, 256, 1, 1),
+    ("conv5", 13, 256, 3, 256, 1, 1),
+]
+# GNMT's LSTM layer
+GNMT_LSTM = dict(batch=128, steps=50, input=1024, hidden=1024)
+
 
 def digits_dataset(num_samples: int, image: bool = False, seed: int = 0):
     """sklearn's 8x8 digits (1797 samples, 10 classes), tiled to ``num_samples``.

@@ -20,24 +20,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from _common import ALEXNET_CONVS, GNMT_LSTM  # noqa: E402
 from hybridnet.kernels import triton_compile  # noqa: E402
 
 # the modules (the package exports the functions under the same names)
 conv_mod = sys.modules["hybridnet.kernels.conv2d"]
 lstm_mod = sys.modules["hybridnet.kernels.lstm"]
 
-ALEXNET = [  # name, H=W, Cin, kernel, Cout, stride, padding
-    ("conv1", 224, 3, 11, 64, 4, 2),
-    ("conv2", 27, 64, 5, 192, 1, 2),
-    ("conv3", 13, 192, 3, 384, 1, 1),
-    ("conv4", 13, 384, 3, 256, 1, 1),
-    ("conv5", 13, 256, 3, 256, 1, 1),
-]
-GNMT = dict(batch=128, steps=50, input=1024, hidden=1024)
+ALEXNET = ALEXNET_CONVS
+GNMT = GNMT_LSTM
 
 
 def _conv_grad(layer, bs):

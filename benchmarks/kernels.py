@@ -29,24 +29,19 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from _common import ALEXNET_CONVS, GNMT_LSTM  # noqa: E402
 from hybridnet.kernels import (conv2d, conv2d_reference, lstm,  # noqa: E402
                                lstm_reference)
 
-# name, input H=W, Cin, kernel, Cout, stride, padding (torchvision AlexNet)
-ALEXNET = [
-    ("conv1", 224, 3, 11, 64, 4, 2),
-    ("conv2", 27, 64, 5, 192, 1, 2),
-    ("conv3", 13, 192, 3, 384, 1, 1),
-    ("conv4", 13, 384, 3, 256, 1, 1),
-    ("conv5", 13, 256, 3, 256, 1, 1),
-]
+ALEXNET = ALEXNET_CONVS
 CONV_BATCH = 128
-GNMT = dict(batch=128, steps=50, input=1024, hidden=1024)
+GNMT = GNMT_LSTM
 # CPU (interpret mode) scale-down: batch 2, spatial and channels reduced
 ALEXNET_CPU = [
     ("conv1", 35, 3, 11, 8, 4, 2),

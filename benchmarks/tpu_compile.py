@@ -39,19 +39,15 @@ def _environment(topology: str) -> None:
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 
 
-ALEXNET = [("conv1", 224, 3, 11, 64, 4, 2), ("conv2", 27, 64, 5, 192, 1, 2),
-           ("conv3", 13, 192, 3, 384, 1, 1), ("conv4", 13, 384, 3, 256, 1, 1),
-           ("conv5", 13, 256, 3, 256, 1, 1)]
-
-
 def run(topology: str) -> dict:
     import jax
     import jax.numpy as jnp
     from jax.experimental import topologies
     from jax.sharding import SingleDeviceSharding
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [os.path.dirname(here), here]
+    from _common import ALEXNET_CONVS, GNMT_LSTM
     from hybridnet.kernels import _common as C
     from hybridnet.kernels import conv2d, lstm
 
@@ -75,7 +71,7 @@ def run(topology: str) -> dict:
     grad = lambda f, n: jax.grad(
         lambda *a: jnp.sum(f(*a).astype(jnp.float32)), argnums=tuple(range(n)))
     for dt in (jnp.float32, jnp.bfloat16):
-        for name, hw, cin, k, cout, s, p in ALEXNET:
+        for name, hw, cin, k, cout, s, p in ALEXNET_CONVS:
             f = lambda x, w, b, s=s, p=p: conv2d(
                 x, w, b, strides=s, padding=((p, p), (p, p)),
                 activation="relu", backend="tpu", interpret=False)
@@ -84,8 +80,10 @@ def run(topology: str) -> dict:
                       S((cout,), dt)))
         f = lambda x, k, r, b: lstm(x, k, r, b, backend="tpu",
                                     interpret=False)[0]
-        lstm_args = (S((128, 50, 1024), dt), S((1024, 4096), dt),
-                     S((1024, 4096), dt), S((4096,), dt))
+        b, t, d, u = (GNMT_LSTM[k] for k in ("batch", "steps", "input",
+                                             "hidden"))
+        lstm_args = (S((b, t, d), dt), S((d, 4 * u), dt),
+                     S((u, 4 * u), dt), S((4 * u,), dt))
         compile_("gnmt lstm fwd+bwd", dt, grad(f, 4), lstm_args)
 
     limit = C.tpu_vmem_limit
@@ -93,9 +91,7 @@ def run(topology: str) -> dict:
     try:
         small_default = topology.split(":")[0] in ("v4", "v5e")
         compile_("gnmt lstm fwd, VMEM limit removed", jnp.float32, f,
-                 (S((128, 50, 1024), jnp.float32),
-                  S((1024, 4096), jnp.float32), S((1024, 4096), jnp.float32),
-                  S((4096,), jnp.float32)),
+                 tuple(S(a.shape, jnp.float32) for a in lstm_args),
                  expect_ok=False if small_default else None)
     finally:
         C.tpu_vmem_limit = limit
