@@ -12,6 +12,8 @@ Layers choose with ``kernel=``; a typical dispatch::
 
 On CPU the kernels run in Pallas interpret mode (slow; meant for tests). On
 GPU they lower through Triton, on TPU through Mosaic.
+``triton_compile.compile_gpu_kernels`` compiles the GPU kernels for Hopper on
+any machine and reports their registers, spills and shared memory.
 """
 
 from ._common import autotune, cache_path, resolve_backend, shard_batch
