@@ -93,5 +93,15 @@ def emit_json(obj: dict) -> None:
     sys.stdout.flush()
 
 
+def print_report(text: str, report: dict, as_json: bool) -> None:
+    """The table on stdout; with ``as_json``, the table on stderr and the
+    report as one JSON object on stdout."""
+    if as_json:
+        eprint(text)
+        emit_json(report)
+    else:
+        print(text)
+
+
 def eprint(*args) -> None:
     print(*args, file=sys.stderr, flush=True)

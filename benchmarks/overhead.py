@@ -320,11 +320,7 @@ def main(argv=None) -> int:
     res = run(args)
     report = build_report(args, res)
     text = format_report(args, report)
-    if args.json:
-        _common.eprint(text)
-        _common.emit_json(report)
-    else:
-        print(text)
+    _common.print_report(text, report, args.json)
     return 0
 
 

@@ -618,11 +618,7 @@ def main(argv=None) -> int:
     pipe = pipeline_section(args.quick, repeats, log)
     report = build_report(alex, pipe, time.perf_counter() - start, args.quick)
     text = format_report(report)
-    if args.json:
-        _common.eprint(text)
-        _common.emit_json(report)
-    else:
-        print(text)
+    _common.print_report(text, report, args.json)
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import numpy as np
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 BACKENDS = ("cpu", "gpu", "tpu")
@@ -84,6 +85,40 @@ def compiler_params(backend: str, interpret: bool, *, num_warps: int = 4,
         if limit is not None:
             kw["vmem_limit_bytes"] = limit
     return pltpu.CompilerParams(**kw)
+
+
+def pallas_call(kernel, *, grid, in_specs, out_specs, out_shape, name: str,
+                backend: str, interpret, num_warps: int = 4,
+                num_stages: int = 2, input_output_aliases=None,
+                label: str = "kernel", block_sizes=None, hint: str = ""):
+    """``pl.pallas_call`` with this package's compiler parameters: every grid
+    dimension parallel, Triton's ``num_warps``/``num_stages`` on GPU, and on
+    TPU the VMEM limit its blocks need, sized from the specs and the operands
+    the returned function is called with (:func:`compiler_params`).
+    ``interpret`` goes to ``pl.pallas_call`` as given (False, True or
+    ``pltpu.InterpretParams()``); ``label``, ``block_sizes`` and ``hint`` name
+    the kernel in a VMEM error.
+
+    Example:
+        >>> y = pallas_call(kernel, grid=(4,), in_specs=[spec], out_specs=spec,
+        ...                 out_shape=x_struct, name="my_kernel",
+        ...                 backend="gpu", interpret=False)(x)
+    """
+    def call(*operands):
+        need = vmem_bytes(spec_blocks(in_specs, operands)
+                          + spec_blocks(out_specs, out_shape))
+        params = compiler_params(
+            backend, bool(interpret), num_warps=num_warps,
+            num_stages=num_stages,
+            dimension_semantics=("parallel",) * len(grid), vmem_bytes=need,
+            kernel=label, block_sizes=block_sizes, hint=hint)
+        return pl.pallas_call(
+            kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+            out_specs=out_specs,
+            input_output_aliases=dict(input_output_aliases or {}),
+            compiler_params=params, interpret=interpret, name=name)(*operands)
+
+    return call
 
 
 # --------------------------------------------------------------------------
@@ -246,10 +281,24 @@ def fit_triton_smem(candidates, smem: Callable[[Mapping[str, Any]], int], *,
     ``smem(candidate)`` is at most ``limit``, in their order.
 
     Example:
-        >>> kept = fit_triton_smem(  # in conv2d.py / lstm.py
+        >>> kept = fit_triton_smem(
         ...     cands, lambda bs: triton_smem_estimate(bs, jnp.bfloat16))
     """
     return [dict(c) for c in candidates if smem(c) <= limit]
+
+
+def gpu_candidates(defaults: Mapping[str, Any], variants,
+                   smem: Callable[[Mapping[str, Any]], int]) -> list:
+    """Autotune candidates: ``defaults``, then each of ``variants`` (dicts
+    of overrides) applied to them, keeping those whose estimated shared
+    memory ``smem(candidate)`` fits a Hopper block.
+
+    Example:
+        >>> gpu_candidates(_DEFAULTS["gpu"], [{"block_m": 128}],
+        ...                lambda bs: triton_smem_estimate(bs, jnp.bfloat16))
+    """
+    return fit_triton_smem([dict(defaults)]
+                           + [{**defaults, **v} for v in variants], smem)
 
 
 def gpu_barrier(backend: str, interpret: bool) -> None:

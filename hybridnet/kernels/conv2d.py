@@ -474,14 +474,26 @@ _MATMUL_HINT = ("the input block holds block_n whole images (every stride "
                 "block every tap and input channel of block_cout outputs")
 
 
-def _params(g: _Geom, n_grid, kernel, blocks, keys, hint=""):
-    """Compiler parameters for one of the conv2d kernels; ``blocks`` are
-    its ``(shape, dtype)`` blocks (TPU: the VMEM budget)."""
-    return C.compiler_params(
-        g.backend, g.interpret, num_warps=g.num_warps,
-        num_stages=g.num_stages, dimension_semantics=("parallel",) * n_grid,
-        vmem_bytes=C.vmem_bytes(blocks), kernel=kernel,
-        block_sizes=g.block_sizes(*keys), hint=hint)
+def _for_each(n, fn):
+    """``fn(i)`` for ``i < n`` inside a kernel (no loop when ``n == 1``)."""
+    if n == 1:
+        fn(0)
+        return
+
+    def body(i, carry):
+        fn(i)
+        return carry
+
+    lax.fori_loop(0, n, body, 0)
+
+
+def _call(g: _Geom, kernel, *, label, keys, hint="", **kw):
+    """:func:`_common.pallas_call` for one of the conv2d kernels; ``keys``
+    name the block sizes a VMEM error reports."""
+    return C.pallas_call(kernel, backend=g.backend, interpret=_interpret(g),
+                         num_warps=g.num_warps, num_stages=g.num_stages,
+                         label=label, block_sizes=g.block_sizes(*keys),
+                         hint=hint, **kw)
 
 
 def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
@@ -534,13 +546,7 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
                 acc = jnp.maximum(acc, 0.0)
             o_ref[i, 0] = acc.astype(o_ref.dtype)
 
-        if bn == 1:
-            one_image(0)
-        else:
-            def body(i, c):
-                one_image(i)
-                return c
-            lax.fori_loop(0, bn, body, 0)
+        _for_each(bn, one_image)
 
     grid = (n // bn, po, out_rows // bm, cout // bc)
     in_specs = [
@@ -551,19 +557,13 @@ def _shifted_matmul(a, wt, bias, *, out_rows, bm, bc, bk, bn, tw, tsh, tsw,
     if bias is not None:
         in_specs.append(pl.BlockSpec((1, bc), lambda b, p, i, j: (0, j)))
         args.append(bias)
-    out_shape = jax.ShapeDtypeStruct((n, po, out_rows, cout), out_dtype)
-    out_spec = pl.BlockSpec((bn, 1, bm, bc), lambda b, p, i, j: (b, p, i, j))
-    blocks = (C.spec_blocks(in_specs, args)
-              + C.spec_blocks(out_spec, out_shape))
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
+    return _call(
+        g, kernel, label=kernel_name, keys=_MATMUL_KEYS, hint=_MATMUL_HINT,
+        out_shape=jax.ShapeDtypeStruct((n, po, out_rows, cout), out_dtype),
         grid=grid,
         in_specs=in_specs,
-        out_specs=out_spec,
-        compiler_params=_params(g, 4, kernel_name, blocks, _MATMUL_KEYS,
-                                _MATMUL_HINT),
-        interpret=_interpret(g),
+        out_specs=pl.BlockSpec((bn, 1, bm, bc),
+                               lambda b, p, i, j: (b, p, i, j)),
         name=name,
     )(*args)
 
@@ -584,24 +584,17 @@ def _epilogue_bwd(dy, y, g: _Geom):
             s = jnp.sum(s, axis=0, keepdims=True)
         db_ref[0] = s
 
-    grid = (n // bn, nm, cp // bc)
     spec = pl.BlockSpec((bn, bm, bc), lambda b, i, j: (b, i, j))
-    in_specs = [spec, spec]
-    out_shape = (jax.ShapeDtypeStruct(dy.shape, dy.dtype),
-                 jax.ShapeDtypeStruct(((n // bn) * nm, 1, cp), jnp.float32))
-    out_specs = (spec, pl.BlockSpec((1, 1, bc),
-                                    lambda b, i, j: (b * nm + i, 0, j)))
-    blocks = (C.spec_blocks(in_specs, [dy, y])
-              + C.spec_blocks(out_specs, out_shape))
-    dz, dbp = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        compiler_params=_params(g, 3, "conv2d bias/relu backward", blocks,
-                                ("block_n", "block_m", "block_cout")),
-        interpret=_interpret(g),
+    dz, dbp = _call(
+        g, kernel, label="conv2d bias/relu backward",
+        keys=("block_n", "block_m", "block_cout"),
+        out_shape=(jax.ShapeDtypeStruct(dy.shape, dy.dtype),
+                   jax.ShapeDtypeStruct(((n // bn) * nm, 1, cp),
+                                        jnp.float32)),
+        grid=(n // bn, nm, cp // bc),
+        in_specs=[spec, spec],
+        out_specs=(spec, pl.BlockSpec((1, 1, bc),
+                                      lambda b, i, j: (b * nm + i, 0, j))),
         name="hybridnet_conv2d_bias_relu_bwd",
     )(dy, y)
     return dz, jnp.sum(dbp, axis=(0, 1))
@@ -639,35 +632,22 @@ def _wgrad(a, dz, g: _Geom):
                                 jnp.zeros((bk, bc), jnp.float32))
             o_ref[0, tt] = acc
 
-        if wbt == 1:
-            one_tap(0)
-        else:
-            def tloop(tt, c):
-                one_tap(tt)
-                return c
-            lax.fori_loop(0, wbt, tloop, 0)
+        _for_each(wbt, one_tap)
 
-    grid = (groups, taps // wbt, g.kp // bk, g.cp // bc)
-    in_specs = [
-        pl.BlockSpec((wbn, g.p, g.ra, bk), lambda b, t, i, j: (b, 0, 0, i)),
-        pl.BlockSpec((wbn, g.mp, bc), lambda b, t, i, j: (b, 0, j)),
-    ]
-    out_shape = jax.ShapeDtypeStruct((groups, taps, g.kp, g.cp), jnp.float32)
-    out_spec = pl.BlockSpec((1, wbt, bk, bc), lambda b, t, i, j: (b, t, i, j))
-    blocks = (C.spec_blocks(in_specs, [a, dz])
-              + C.spec_blocks(out_spec, out_shape))
-    part = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_spec,
-        compiler_params=_params(
-            g, 4, "conv2d wgrad", blocks,
-            ("wgrad_block_n", "wgrad_block_taps", "block_cin", "block_cout"),
-            "the input block holds wgrad_block_n whole images: every "
-            "stride phase and row"),
-        interpret=_interpret(g),
+    part = _call(
+        g, kernel, label="conv2d wgrad",
+        keys=("wgrad_block_n", "wgrad_block_taps", "block_cin", "block_cout"),
+        hint=("the input block holds wgrad_block_n whole images: every "
+              "stride phase and row"),
+        out_shape=jax.ShapeDtypeStruct((groups, taps, g.kp, g.cp),
+                                       jnp.float32),
+        grid=(groups, taps // wbt, g.kp // bk, g.cp // bc),
+        in_specs=[
+            pl.BlockSpec((wbn, g.p, g.ra, bk), lambda b, t, i, j: (b, 0, 0, i)),
+            pl.BlockSpec((wbn, g.mp, bc), lambda b, t, i, j: (b, 0, j)),
+        ],
+        out_specs=pl.BlockSpec((1, wbt, bk, bc),
+                               lambda b, t, i, j: (b, t, i, j)),
         name="hybridnet_conv2d_wgrad",
     )(a, dz)
     return jnp.sum(part, axis=0)
@@ -850,13 +830,12 @@ def triton_smem_estimate(block_sizes, dtype=jnp.float32) -> int:
 def _gpu_candidates(dtype=jnp.float32):
     """Autotune candidates whose shared-memory estimate fits a Hopper block
     (``_common.TRITON_SMEM_LIMIT_BYTES``); the defaults come first."""
-    base = _DEFAULTS["gpu"]
-    out = [dict(base)]
-    for bm, bc, bk, nw in ((128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8),
-                           (32, 64, 64, 4), (128, 64, 64, 8)):
-        out.append({**base, "block_m": bm, "block_cout": bc, "block_cin": bk,
-                    "num_warps": nw})
-    return C.fit_triton_smem(out, lambda bs: triton_smem_estimate(bs, dtype))
+    variants = [dict(block_m=bm, block_cout=bc, block_cin=bk, num_warps=nw)
+                for bm, bc, bk, nw in ((128, 64, 32, 4), (64, 128, 32, 4),
+                                       (128, 128, 32, 8), (32, 64, 64, 4),
+                                       (128, 64, 64, 8))]
+    return C.gpu_candidates(_DEFAULTS["gpu"], variants,
+                            lambda bs: triton_smem_estimate(bs, dtype))
 
 
 def _autotune(key, x_shape, w_shape, dtype, strides, pads, activation,

@@ -279,18 +279,13 @@ _HINT = ("each program holds block_b rows of the whole sequence and all of "
          "recurrent_kernel")
 
 
-def _params(cfg, n_grid, kernel, in_specs, args, out_specs, out_shape):
-    """Compiler parameters for one of the LSTM kernels, with the VMEM need
-    of its blocks (TPU) taken from the call's own specs."""
-    blocks = (C.spec_blocks(in_specs, args)
-              + C.spec_blocks(out_specs, out_shape))
-    return C.compiler_params(
-        cfg.backend, cfg.interpret, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        dimension_semantics=("parallel",) * n_grid,
-        vmem_bytes=C.vmem_bytes(blocks), kernel=kernel,
+def _call(cfg, kernel, *, label, **kw):
+    """:func:`_common.pallas_call` for one of the LSTM kernels."""
+    return C.pallas_call(
+        kernel, backend=cfg.backend, interpret=cfg.interpret,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, label=label,
         block_sizes=dict(block_b=cfg.bb, block_u=cfg.bu, block_k=cfg.bk),
-        hint=_HINT)
+        hint=_HINT, **kw)
 
 
 def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
@@ -350,27 +345,20 @@ def _fwd_kernel_call(xp, r, h0, c0, m, cfg: _Cfg):
 
     seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
     st = lambda w: pl.BlockSpec((t + 1, bb, w), lambda b: (0, b, 0))
-    args = (xp, r, h0, c0, m)
-    in_specs = [seq(4 * up),
-                pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
-                pl.BlockSpec((bb, up), lambda b: (b, 0)),
-                pl.BlockSpec((bb, up), lambda b: (b, 0)),
-                seq(1)]
-    out_shape = (jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
-                 jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
-                 jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32))
-    out_specs = (st(up), st(up), seq(4 * up))
-    return pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
+    return _call(
+        cfg, kernel, label="lstm forward",
+        out_shape=(jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((t + 1, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32)),
         grid=(bp // bb,),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        compiler_params=_params(cfg, 1, "lstm forward", in_specs, args,
-                                out_specs, out_shape),
-        interpret=cfg.interpret,
+        in_specs=[seq(4 * up),
+                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                  pl.BlockSpec((bb, up), lambda b: (b, 0)),
+                  seq(1)],
+        out_specs=(st(up), st(up), seq(4 * up)),
         name="hybridnet_lstm_fwd",
-    )(*args)
+    )(xp, r, h0, c0, m)
 
 
 def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
@@ -452,29 +440,22 @@ def _bwd_kernel_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
 
     seq = lambda w: pl.BlockSpec((t, bb, w), lambda b: (0, b, 0))
     buf = pl.BlockSpec((2, bb, up), lambda b: (0, b, 0))
-    args = (gates, c_all, m, r, dh_seq, dc_seq)
-    in_specs = [seq(4 * up),
-                pl.BlockSpec((t + 1, bb, up), lambda b: (0, b, 0)),
-                seq(1),
-                pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
-                seq(up), seq(up)]
-    out_shape = (jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
-                 jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
-                 jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
-                 jax.ShapeDtypeStruct((bp, up), jnp.float32))
-    out_specs = (seq(4 * up), buf, buf,
-                 pl.BlockSpec((bb, up), lambda b: (b, 0)))
-    dz, dhc, dcc, _ = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
+    dz, dhc, dcc, _ = _call(
+        cfg, kernel, label="lstm backward",
+        out_shape=(jax.ShapeDtypeStruct((t, bp, 4 * up), jnp.float32),
+                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((2, bp, up), jnp.float32),
+                   jax.ShapeDtypeStruct((bp, up), jnp.float32)),
         grid=(bp // bb,),
-        in_specs=in_specs,
-        out_specs=out_specs,
-        compiler_params=_params(cfg, 1, "lstm backward", in_specs, args,
-                                out_specs, out_shape),
-        interpret=cfg.interpret,
+        in_specs=[seq(4 * up),
+                  pl.BlockSpec((t + 1, bb, up), lambda b: (0, b, 0)),
+                  seq(1),
+                  pl.BlockSpec((up, 4 * up), lambda b: (0, 0)),
+                  seq(up), seq(up)],
+        out_specs=(seq(4 * up), buf, buf,
+                   pl.BlockSpec((bb, up), lambda b: (b, 0))),
         name="hybridnet_lstm_bwd",
-    )(*args)
+    )(gates, c_all, m, r, dh_seq, dc_seq)
     return dz, dhc[t % 2], dcc[t % 2]
 
 
@@ -483,7 +464,6 @@ def _step_index(s):
 
 
 _STEP_SPEC = pl.BlockSpec((1,), lambda b, j: (0,))
-_STEP_ARG = jax.ShapeDtypeStruct((1,), jnp.int32)
 
 
 def _fwd_step_call(xp, r, h0, c0, m, cfg: _Cfg):
@@ -528,23 +508,16 @@ def _fwd_step_call(xp, r, h0, c0, m, cfg: _Cfg):
     c_all = jnp.zeros((t + 1, bp, up), jnp.float32).at[0].set(c0)
     gates = jnp.zeros((t, bp, 4 * up), jnp.float32)
     bufs = (h_all, c_all, gates)
-    in_specs = [_STEP_SPEC, rows(t, 4 * up),
-                pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
-                rows(t, 1), rows(t + 1, up), rows(t + 1, up),
-                rows(t, 4 * up)]
-    out_shape = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs)
-    out_specs = (rows(t + 1, up), rows(t + 1, up), rows(t, 4 * up))
-    call = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
+    call = _call(
+        cfg, kernel, label="lstm forward step",
+        out_shape=tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs),
         grid=(bp // bb, up // bu),
-        in_specs=in_specs,
-        out_specs=out_specs,
+        in_specs=[_STEP_SPEC, rows(t, 4 * up),
+                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                  rows(t, 1), rows(t + 1, up), rows(t + 1, up),
+                  rows(t, 4 * up)],
+        out_specs=(rows(t + 1, up), rows(t + 1, up), rows(t, 4 * up)),
         input_output_aliases={4: 0, 5: 1, 6: 2},
-        compiler_params=_params(cfg, 2, "lstm forward step", in_specs,
-                                (_STEP_ARG, xp, r, m, *bufs),
-                                out_specs, out_shape),
-        interpret=cfg.interpret,
         name="hybridnet_lstm_fwd_step",
     )
     return lax.fori_loop(
@@ -602,24 +575,17 @@ def _bwd_step_call(gates, c_all, m, r, dh_seq, dc_seq, cfg: _Cfg):
     bufs = (jnp.zeros((t + 1, bp, 4 * up), jnp.float32),
             jnp.zeros((t + 1, bp, up), jnp.float32),
             jnp.zeros((t + 1, bp, up), jnp.float32))
-    in_specs = [_STEP_SPEC, rows(t, 4 * up), rows(t + 1, up),
-                rows(t + 1, 1),
-                pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
-                rows(t, up), rows(t, up),
-                rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)]
-    out_shape = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs)
-    out_specs = (rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up))
-    call = pl.pallas_call(
-        kernel,
-        out_shape=out_shape,
+    call = _call(
+        cfg, kernel, label="lstm backward step",
+        out_shape=tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in bufs),
         grid=(bp // bb, up // bu),
-        in_specs=in_specs,
-        out_specs=out_specs,
+        in_specs=[_STEP_SPEC, rows(t, 4 * up), rows(t + 1, up),
+                  rows(t + 1, 1),
+                  pl.BlockSpec((up, 4 * up), lambda b, j: (0, 0)),
+                  rows(t, up), rows(t, up),
+                  rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)],
+        out_specs=(rows(t + 1, 4 * up), rows(t + 1, up), rows(t + 1, up)),
         input_output_aliases={7: 0, 8: 1, 9: 2},
-        compiler_params=_params(cfg, 2, "lstm backward step", in_specs,
-                                (_STEP_ARG, gates, c_all, m1, r, dh_seq,
-                                 dc_seq, *bufs), out_specs, out_shape),
-        interpret=cfg.interpret,
         name="hybridnet_lstm_bwd_step",
     )
     dz, dht, dcc = lax.fori_loop(
@@ -805,16 +771,15 @@ def triton_smem_estimate(block_sizes, dtype=jnp.float32) -> int:
 def _gpu_candidates(dtype=jnp.float32):
     """Autotune candidates whose shared-memory estimate fits a Hopper block
     (``_common.TRITON_SMEM_LIMIT_BYTES``); the defaults come first."""
-    base = _DEFAULTS["gpu"]
-    cands = [dict(base)]
-    for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4), (32, 64, 64, 8),
-                           (64, 64, 64, 8), (128, 32, 64, 8)):
-        cands.append({**base, "block_b": bb, "block_u": bu, "block_k": bk,
-                      "num_warps": nw})
-    for bb in (16, 32):  # the whole-sequence kernel, for reference
-        cands.append({**base, "recurrence": "persistent", "block_b": bb,
-                      "block_u": 32, "block_k": 32})
-    return C.fit_triton_smem(cands, lambda bs: triton_smem_estimate(bs, dtype))
+    variants = [dict(block_b=bb, block_u=bu, block_k=bk, num_warps=nw)
+                for bb, bu, bk, nw in ((16, 32, 64, 4), (64, 32, 64, 4),
+                                       (32, 64, 64, 8), (64, 64, 64, 8),
+                                       (128, 32, 64, 8))]
+    variants += [dict(recurrence="persistent", block_b=bb, block_u=32,
+                      block_k=32)  # the whole-sequence kernel, for reference
+                 for bb in (16, 32)]
+    return C.gpu_candidates(_DEFAULTS["gpu"], variants,
+                            lambda bs: triton_smem_estimate(bs, dtype))
 
 
 def _autotune(key, b, t, d, u, dtype, backend):
