@@ -8,8 +8,12 @@ candidate. Runs on any machine (no GPU): see
 Beside each kernel: the shared-memory estimate the autotuner filters
 candidates with (``triton_smem_estimate``), so the two can be compared.
 
+``--quick``: a smoke run in seconds: float32, AlexNet conv3 and GNMT's LSTM at
+the defaults only (candidate 0), batch 8.
+
 Usage:
   python benchmarks/kernel_resources.py [--json] [--dtype float32|bfloat16|all]
+                                        [--quick]
 """
 
 from __future__ import annotations
@@ -34,6 +38,17 @@ lstm_mod = sys.modules["hybridnet.kernels.lstm"]
 
 ALEXNET = ALEXNET_CONVS
 GNMT = GNMT_LSTM
+BATCH = 128
+CANDIDATES = None  # None: every autotune candidate; n: the first n (0 = defaults)
+
+
+def use_quick_sizes():
+    """Rebinds the sizes ``rows_for`` reads to the ``--quick`` ones."""
+    global ALEXNET, GNMT, BATCH, CANDIDATES
+    ALEXNET = [c for c in ALEXNET_CONVS if c[0] == "conv3"]
+    GNMT = dict(GNMT_LSTM, batch=8)
+    BATCH = 8
+    CANDIDATES = 1
 
 
 def _conv_grad(layer, bs):
@@ -48,8 +63,9 @@ def _conv_grad(layer, bs):
                     argnums=(0, 1, 2))
 
 
-def _conv_args(layer, dtype, batch=128):
+def _conv_args(layer, dtype, batch=None):
     _, hw, cin, k, cout, _, _ = layer
+    batch = BATCH if batch is None else batch
     S = jax.ShapeDtypeStruct
     return (S((batch, hw, hw, cin), dtype), S((k, k, cin, cout), dtype),
             S((cout,), dtype))
@@ -64,7 +80,8 @@ def _lstm_grad(bs):
                     argnums=(0, 1, 2, 3))
 
 
-def _lstm_args(dtype, cfg=GNMT):
+def _lstm_args(dtype, cfg=None):
+    cfg = GNMT if cfg is None else cfg
     b, t, d, u = cfg["batch"], cfg["steps"], cfg["input"], cfg["hidden"]
     S = jax.ShapeDtypeStruct
     return (S((b, t, d), dtype), S((d, 4 * u), dtype), S((u, 4 * u), dtype),
@@ -79,7 +96,7 @@ def rows_for(dtype):
     rows = []
     conv_keys = ("block_m", "block_cout", "block_cin", "num_warps")
     for layer in ALEXNET:
-        for i, bs in enumerate(conv_mod._gpu_candidates(dtype)):
+        for i, bs in enumerate(conv_mod._gpu_candidates(dtype)[:CANDIDATES]):
             est = conv_mod.triton_smem_estimate(bs, dtype)
             for k in triton_compile.compile_gpu_kernels(
                     _conv_grad(layer, bs), *_conv_args(layer, dtype)):
@@ -87,7 +104,7 @@ def rows_for(dtype):
                                  block_sizes=_short(bs, conv_keys),
                                  estimate_bytes=est, **k.to_dict()))
     lstm_keys = ("recurrence", "block_b", "block_u", "block_k", "num_warps")
-    for i, bs in enumerate(lstm_mod._gpu_candidates(dtype)):
+    for i, bs in enumerate(lstm_mod._gpu_candidates(dtype)[:CANDIDATES]):
         est = lstm_mod.triton_smem_estimate(bs, dtype)
         for k in triton_compile.compile_gpu_kernels(_lstm_grad(bs),
                                                     *_lstm_args(dtype)):
@@ -102,10 +119,18 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--dtype", default="all",
                     choices=["float32", "bfloat16", "all"])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run (seconds): float32, conv3 and the LSTM at the "
+                         "defaults, batch 8")
     a = ap.parse_args(argv)
+    if a.quick:
+        use_quick_sizes()
+        if a.dtype == "all":
+            a.dtype = "float32"
     dtypes = (["float32", "bfloat16"] if a.dtype == "all" else [a.dtype])
     result = dict(target="sm_90", jax=jax.__version__,
-                  triton=__import__("triton").__version__, rows=[])
+                  triton=__import__("triton").__version__, quick=a.quick,
+                  batch=dict(conv=BATCH, lstm=GNMT["batch"]), rows=[])
     for d in dtypes:
         for r in rows_for(jnp.dtype(d)):
             result["rows"].append(dict(dtype=d, **r))

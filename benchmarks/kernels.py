@@ -14,9 +14,13 @@ On CPU, speed is skipped (Pallas runs only in interpret mode): the same
 layers are run scaled down and the max abs error against the XLA reference
 is printed per layer, forward and gradients.
 
+``--quick``: a smoke run in seconds (GPU: two conv layers at batch 8, a small
+LSTM, two timed calls; CPU: one conv layer, one LSTM recurrence): the
+structure of the result, not its figures.
+
 Usage:
   python benchmarks/kernels.py [--json | --markdown] [--dtype float32|bfloat16]
-                               [--iters 20] [--autotune] [--cpu]
+                               [--iters 20] [--autotune] [--cpu] [--quick]
 """
 
 from __future__ import annotations
@@ -52,7 +56,26 @@ ALEXNET_CPU = [
 ]
 GNMT_CPU = dict(batch=4, steps=6, input=32, hidden=32)
 RECURRENCES = ("stepwise", "persistent")
+CPU_RECURRENCES = RECURRENCES
+# --quick. GPU: conv2 and conv3 at their real shapes, batch 8, a small LSTM, both
+# recurrences; CPU (interpret mode, ~5 s per kernel and its gradient): conv3 and the
+# persistent LSTM.
+QUICK_ALEXNET = ALEXNET_CONVS[1:3]
+QUICK_CONV_BATCH = 8
+QUICK_GNMT = dict(batch=16, steps=5, input=256, hidden=256)
+QUICK_ALEXNET_CPU = ALEXNET_CPU[2:3]
+QUICK_GNMT_CPU = dict(batch=4, steps=3, input=16, hidden=16)
+QUICK_CPU_RECURRENCES = ("persistent",)
+QUICK_ITERS = 2
 TARGETS = dict(conv_fwdbwd_vs_xla=0.9, lstm_vs_scan=1.5, lstm_vs_cudnn=1 / 1.2)
+
+
+def use_quick_sizes():
+    """Rebinds the sizes the runs read to the ``--quick`` ones."""
+    global ALEXNET, CONV_BATCH, GNMT, ALEXNET_CPU, GNMT_CPU, CPU_RECURRENCES
+    ALEXNET, CONV_BATCH, GNMT = QUICK_ALEXNET, QUICK_CONV_BATCH, QUICK_GNMT
+    ALEXNET_CPU, GNMT_CPU = QUICK_ALEXNET_CPU, QUICK_GNMT_CPU
+    CPU_RECURRENCES = QUICK_CPU_RECURRENCES
 
 
 def _rand(rng, shape, dtype, scale=1.0):
@@ -123,7 +146,7 @@ def run_cpu(dtype):
                          grad_max_abs_err=_maxerr(pg(x, w, b), rg(x, w, b))))
     args = _lstm_inputs(GNMT_CPU, dtype)
     fr = jax.jit(lstm_reference)
-    for rec in RECURRENCES:
+    for rec in CPU_RECURRENCES:
         bs = dict(recurrence=rec, block_b=2, block_u=16, block_k=16)
         f = jax.jit(lambda *a, bs=bs: lstm(*a, block_sizes=bs))
         rows.append(dict(kernel="lstm", layer=rec, shape=GNMT_CPU,
@@ -303,11 +326,17 @@ def main(argv=None):
                          "run is recorded in the cache file)")
     ap.add_argument("--cpu", action="store_true",
                     help="force the scaled-down CPU correctness run")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke run (seconds): fewer conv layers, a small LSTM, "
+                         f"--iters {QUICK_ITERS}")
     a = ap.parse_args(argv)
+    if a.quick:
+        use_quick_sizes()
+        a.iters = min(a.iters, QUICK_ITERS)
     dtype = jnp.dtype(a.dtype)
     backend = jax.default_backend()
     result = dict(backend=backend, device=jax.devices()[0].device_kind,
-                  jax=jax.__version__, dtype=a.dtype)
+                  jax=jax.__version__, dtype=a.dtype, quick=a.quick)
     if backend == "gpu" and not a.cpu:
         result.update(speed="measured", iters=a.iters, autotune=a.autotune,
                       rows=run_gpu(dtype, a.iters, a.autotune))

@@ -5,10 +5,10 @@ Four measurements, each next to what the planner estimated:
 1. **Collective bytes per training step** of AlexNet (``examples/alexnet.py``,
    224x224x3 input, 1000 classes, batch 128, Adam) under pure data parallelism and
    under the ``Auto`` plan. The train step is lowered and compiled
-   (``Executor.train_fn(batch).lower(ts, x, y, sw).compile()``) from an *abstract* train
-   state (``jax.ShapeDtypeStruct`` with the Plan's shardings): nothing of the 224 model
-   is allocated or run. The collectives are read from ``compiled.as_text()`` (the
-   per-device program after SPMD partitioning):
+   (``compiled_train_step`` below: the runner's ``train_fn(batch).lower(...).compile()``)
+   from an *abstract* train state (``jax.ShapeDtypeStruct`` with the Plan's shardings):
+   nothing of the 224 model is allocated or run. The collectives are read from
+   ``compiled.as_text()`` (the per-device program after SPMD partitioning):
 
    - every instruction ``%name = <shape> <opcode>(<operands>), ...`` is indexed by name
      with its result shape (names are unique in an HLO module; parameters included);
@@ -32,7 +32,7 @@ Four measurements, each next to what the planner estimated:
 
 2. **Pipeline bubble** of GPipe, 4 stages x 8 microbatches, on an MLP of 4 equal
    ``Dense`` layers (``Pipeline(stages=4, microbatches=8, schedule="gpipe")``, mesh
-   pipe=4 x data=2). ``PipelineExecutor.profile_step`` gives per-stage busy time and
+   pipe=4 x data=2). The pipeline runner's ``profile_step`` gives per-stage busy time and
    the step's wall time: ``bubble = 1 - mean(stage busy) / wall`` (median of several
    steps), against ``(p-1)/(m+p-1)``. profile_step blocks on the host after every
    event, so stages never overlap while profiled; on simulated CPU devices that share
@@ -42,8 +42,8 @@ Four measurements, each next to what the planner estimated:
    op times give with ideal overlap) and the *async* bubble (busy time from the
    profiled steps over the wall time of unprofiled, asynchronously dispatched steps).
 
-3. **Peak memory per device** of GPipe and 1F1B on the same MLP from
-   ``PipelineExecutor.stage_memory_analysis`` (compiled stage programs + stashed
+3. **Peak memory per device** of GPipe and 1F1B on the same MLP from the pipeline
+   runner's ``stage_memory_analysis`` (compiled stage programs + stashed
    microbatch inputs x in-flight microbatches), max over stages.
 
 4. **Planner memory estimate error**: ``plan.estimates.memory_bytes_per_device`` vs the
@@ -57,7 +57,11 @@ Usage::
 
     python benchmarks/parallel.py            # table
     python benchmarks/parallel.py --json     # table on stderr, one JSON object on stdout
-    python benchmarks/parallel.py --quick    # smoke run: 64x64 AlexNet, small MLP
+    python benchmarks/parallel.py --quick    # smoke run (seconds): 64x64 AlexNet, small MLP
+
+Every use of model / runner internals is in the section "internals" right below the
+imports (``compiled_train_step``, ``pipeline_probe``, ``schedule_ops``): when the
+execution API changes, adapt those and nothing else.
 """
 from __future__ import annotations
 
@@ -68,12 +72,15 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
+from typing import Any  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -89,6 +96,87 @@ TARGETS = {"comm_ratio_auto_over_dp": 0.25, "bubble_abs_error_gpu": 0.05,
 MB = 1e6
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute",
                "all-to-all")
+
+
+# ------------------------------------------------------------------------- internals
+# EVERY use of model or runner (executor) internals in this script is in this section,
+# so that a change of the execution API is adapted here and nowhere else. The rest of
+# the script uses public API only: compile(strategy=...), Model.plan, make_plan,
+# layer_infos, train_state, Plan fields and the planner's cost model.
+
+@dataclasses.dataclass
+class CompiledStep:
+    """One train step compiled from an abstract train state (nothing allocated)."""
+    compiled: Any             # jax.stages.Compiled: as_text(), memory_analysis()
+    plan: Any                 # the Plan it was compiled under
+    weights_and_optimizer: list  # abstract sharded leaves: parameters + optimizer state
+    batch: Any                # the abstract (sharded) input batch it was compiled for
+
+
+def compiled_train_step(model, batch_size: int) -> CompiledStep:
+    """Compiles the train step of ``model`` (compiled with its optimizer, loss and
+    strategy) for ``batch_size`` from an abstract train state with the Plan's shardings:
+    nothing of the model is allocated or run."""
+    from hybridnet.execution import TrainState
+
+    model._planned_batch_size = batch_size  # as fit does: the cost model plans for it
+    model._reset_runner()
+    runner = model._get_runner()
+    params, state = {}, {}
+    for info in model.layer_infos():
+        for w, wi in info.weights.items():
+            (params if wi.trainable else state).setdefault(info.name, {})[w] = (
+                jax.ShapeDtypeStruct(wi.shape, jnp.dtype(wi.dtype)))
+    # new_state traced abstractly gives the state's structure (and sets the runner's
+    # optimizer-state shardings); train_state_sharding() gives its placement.
+    abstract = jax.eval_shape(runner.new_state, params, state)
+    shardings = runner.train_state_sharding()
+    ts = jax.tree_util.tree_map(
+        lambda sh, sub: jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), sub),
+        shardings, abstract)
+    assert isinstance(ts, TrainState), type(ts)
+    bsh = runner.batch_sharding(batch_size)
+    x = jax.ShapeDtypeStruct((batch_size, *model.inputs[0].shape[1:]), jnp.float32,
+                             sharding=bsh)
+    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=bsh)
+    compiled = runner.train_fn(batch_size).lower(ts, [x], y, None).compile()
+    return CompiledStep(compiled=compiled, plan=runner.plan, batch=x,
+                        weights_and_optimizer=jax.tree_util.tree_leaves(
+                            (ts.params, ts.opt_state)))
+
+
+def pipeline_probe(model, batch_size: int) -> types.SimpleNamespace:
+    """For a model compiled with a ``Pipeline`` strategy: three closures over its
+    pipeline runner and a live train state (the model's own state is consumed):
+
+    * ``step(x, y)``: one ordinary (asynchronously dispatched) train step, then a block;
+    * ``profile(x, y) -> {"stage_busy_s": [...], "wall_s": s, "events": [(stage, mb,
+      kind, start, end), ...]}``: one train step blocking after every event;
+    * ``stage_memory() -> [{"stage", "peak_bytes": {schedule: bytes}, ...}]``: compiled
+      memory per stage (after a step of ``batch_size`` has run).
+    """
+    runner = model._get_runner()
+    fn = runner.train_fn(batch_size)
+    live = [model.train_state]
+
+    def step(x, y):
+        live[0] = fn(live[0], [x], y, None)
+        jax.block_until_ready(live[0])
+
+    def profile(x, y):
+        live[0], prof = runner.profile_step(live[0], [x], y, None)
+        return prof
+
+    return types.SimpleNamespace(
+        step=step, profile=profile,
+        stage_memory=lambda: runner.stage_memory_analysis(batch_size))
+
+
+def schedule_ops(num_stages: int, microbatches: int, schedule: str, stage: int) -> list:
+    """``[(microbatch, "F" | "B"), ...]`` in the order the schedule runs them on a stage."""
+    from hybridnet.planner.schedule import _stage_ops
+    return _stage_ops(num_stages, microbatches, schedule, stage)
 
 
 # ---------------------------------------------------------------------- HLO parsing
@@ -198,38 +286,6 @@ def collectives_from_hlo(text: str, num_devices: int) -> dict:
 
 # ------------------------------------------------------------------ AlexNet (compile)
 
-def _abstract(shape_dtype, sharding):
-    return jax.ShapeDtypeStruct(shape_dtype.shape, shape_dtype.dtype, sharding=sharding)
-
-
-def compile_train_step(model, strategy, batch: int):
-    """Plans ``model`` under ``strategy`` for ``batch`` and compiles its train step from
-    an abstract, sharded train state (nothing allocated). Returns (plan, compiled, ts)."""
-    from hybridnet.execution.steps import Executor, split_trainable
-
-    plan = model.make_plan(strategy, batch_size=batch)
-    ex = Executor(model.graph.run, plan, model._trainable_mask(), optimizer=model._tx,
-                  loss=model._compiled_loss, metrics=model._compiled_metrics,
-                  num_outputs=len(model.outputs), seed=1)
-    shapes = jax.eval_shape(model._init_variables_fn, jax.random.PRNGKey(0))
-    wsh = ex.weight_shardings()
-    variables = {layer: {w: _abstract(s, wsh[layer][w]) for w, s in ws.items()}
-                 for layer, ws in shapes.items()}
-    params, state = split_trainable(variables, model._trainable_mask())
-    ex.opt_sharding = ex._opt_state_sharding(params)
-    opt = jax.tree_util.tree_map(_abstract, jax.eval_shape(ex.tx.init, params),
-                                 ex.opt_sharding)
-    ts = {"params": params, "state": state, "opt_state": opt,
-          "metrics": jax.ShapeDtypeStruct(ex._metrics_flat.shape, ex._metrics_flat.dtype,
-                                          sharding=ex.replicated),
-          "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=ex.replicated)}
-    bsh = ex.batch_sharding(batch)
-    x = jax.ShapeDtypeStruct((batch, *model.inputs[0].shape[1:]), jnp.float32, sharding=bsh)
-    y = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bsh)
-    compiled = ex.train_fn(batch).lower(ts, [x], y, None).compile()
-    return plan, compiled, ts, x
-
-
 def _per_device_bytes(a) -> int:
     shape = a.sharding.shard_shape(a.shape)
     return int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
@@ -258,20 +314,23 @@ def alexnet_section(quick: bool, log) -> dict:
 
     shape, classes, batch = ((64, 64, 3), 10, 64) if quick else ((224, 224, 3), 1000, 128)
     model = alexnet(shape, classes)
-    model.compile(hybridnet.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
     n = jax.device_count()
     out = {"input_shape": list(shape), "classes": classes, "batch": batch, "plans": {}}
     for key, strategy in (("dp", DataParallel()), ("auto", Auto())):
+        model.compile(hybridnet.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"], strategy=strategy)
         t0 = time.perf_counter()
-        plan, compiled, ts, x = compile_train_step(model, strategy, batch)
+        step = compiled_train_step(model, batch)
         compile_s = time.perf_counter() - t0
+        plan, compiled, x = step.plan, step.compiled, step.batch
+        if plan.summary() != model.make_plan(strategy, batch_size=batch).summary():
+            raise RuntimeError(f"alexnet {key}: the compiled step's plan is not the one "
+                               f"make_plan gives for batch {batch}")
         comm = collectives_from_hlo(compiled.as_text(), n)
         mem = compiled.memory_analysis()
         footprint = int(mem.argument_size_in_bytes + mem.output_size_in_bytes
                         - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-        persistent = sum(_per_device_bytes(a) for a in jax.tree_util.tree_leaves(
-            {"params": ts["params"], "opt_state": ts["opt_state"]}))
+        persistent = sum(_per_device_bytes(a) for a in step.weights_and_optimizer)
         terms = planner_terms(model, plan, batch)
         sharded = {f"[{','.join(map(str, info.weights[w].shape))}]": f"{info.name}.{w}"
                    for info in model.layer_infos() for w, spec in
@@ -323,7 +382,6 @@ def alexnet_section(quick: bool, log) -> dict:
 def _replay(events, num_stages: int, microbatches: int, schedule: str) -> float:
     """Bubble of the measured event durations placed on the schedule's dependencies,
     each stage its own device (the optimizer updates, 'U', left out as in the theory)."""
-    from hybridnet.execution.pipeline import _stage_ops
     dur = {}
     for s, j, kind, a, b in events:
         if kind in ("F", "B"):
@@ -331,7 +389,7 @@ def _replay(events, num_stages: int, microbatches: int, schedule: str) -> float:
     p, m = num_stages, microbatches
     order = []
     for s in range(p):
-        ops = [(j, k) for j, k in _stage_ops(p, m, schedule, s)]
+        ops = [(j, k) for j, k in schedule_ops(p, m, schedule, s)]
         if s == p - 1:  # the last stage's backward runs fused with its forward
             ops = [(j, k) for j, k in ops if k == "F"]
         order.append(ops)
@@ -371,8 +429,8 @@ def _mlp(width: int, depth: int):
 
 def pipeline_section(quick: bool, repeats: int, log) -> dict:
     import hybridnet
-    from hybridnet.execution.pipeline import bubble_fraction as tick_bubble
     from hybridnet.planner.cost import bubble_fraction as theory_bubble
+    from hybridnet.planner.schedule import bubble_fraction as tick_bubble
     from hybridnet.strategies import Pipeline
 
     p, m = 4, 8
@@ -388,17 +446,14 @@ def pipeline_section(quick: bool, repeats: int, log) -> dict:
         model = _mlp(width, p)
         model.compile(hybridnet.optimizers.SGD(1e-3), "mse",
                       strategy=Pipeline(stages=p, microbatches=m, schedule=schedule))
-        ex = model._get_executor()
-        plan = ex.plan
-        ts = model._train_state(ex)
-        fn = ex.train_fn(batch)
+        probe = pipeline_probe(model, batch)
+        plan = model.plan
         xd = jax.device_put(x)
         yd = jax.device_put(y)
-        ts = fn(ts, [xd], yd, None)  # compile every stage program
-        jax.block_until_ready(ts)
+        probe.step(xd, yd)  # compiles every stage program
         measured, replayed, busy_runs, walls, events0 = [], [], [], [], None
         for _ in range(repeats):
-            ts, prof = ex.profile_step(ts, [xd], yd, None)
+            prof = probe.profile(xd, yd)
             busy = prof["stage_busy_s"]
             measured.append(1.0 - statistics.mean(busy) / prof["wall_s"])
             replayed.append(_replay(prof["events"], p, m, schedule))
@@ -408,11 +463,10 @@ def pipeline_section(quick: bool, repeats: int, log) -> dict:
         async_walls = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            ts = fn(ts, [xd], yd, None)
-            jax.block_until_ready(ts)
+            probe.step(xd, yd)
             async_walls.append(time.perf_counter() - t0)
         mean_busy = statistics.median(statistics.mean(b) for b in busy_runs)
-        mem_rows = ex.stage_memory_analysis(batch)
+        mem_rows = probe.stage_memory()
         row = {
             "stages_layers": [s.layers for s in plan.stages],
             "mesh": dict(plan.mesh_axes),

@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from hybridnet.saving import registry as _registry
+
 EPSILON = 1e-7  # keras.backend.epsilon()
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none", None)
@@ -544,9 +546,12 @@ def get(identifier):
 def serialize(loss):
     """A JSON-able description of `loss`, or None if it cannot be serialised.
 
-    Strings are returned as they are; `Loss` objects become
+    Strings are returned as they are; built-in `Loss` objects become
     `{"class_name": ..., "config": ...}`; known Keras functions their name;
-    custom callables (and losses wrapping them) None.
+    registered custom classes and functions (see
+    `hybridnet.saving.register_serializable`) `{"class_name", "registered_name",
+    "config"}` (a function: `"class_name": "function"`, `"config"`: its name);
+    other custom callables (and losses wrapping them) None.
 
     Example:
         >>> losses.deserialize(losses.serialize(losses.Huber(delta=2.0)))
@@ -554,27 +559,56 @@ def serialize(loss):
     if loss is None or isinstance(loss, str):
         return loss
     if isinstance(loss, Loss):
-        if type(loss).__name__ not in _CLASSES:
-            return None
         try:
-            config = loss.get_config()
+            if type(loss).__name__ in _CLASSES and type(loss) is _CLASSES[type(loss).__name__]:
+                if type(loss) is LossFunctionWrapper and loss.fn not in _FUNCTION_NAMES:
+                    fn = _registry.function_config(loss.fn)
+                    if fn is None:
+                        return None
+                    return {"class_name": "LossFunctionWrapper",
+                            "config": {**Loss.get_config(loss), "fn": fn, **loss._fn_kwargs}}
+                return {"class_name": type(loss).__name__, "config": loss.get_config()}
+            return _registry.object_config(loss)
         except ValueError:
             return None
-        return {"class_name": type(loss).__name__, "config": config}
     if callable(loss):
-        return _FUNCTION_NAMES.get(loss)
+        return _FUNCTION_NAMES.get(loss) or _registry.function_config(loss)
     raise ValueError(f"Cannot serialize loss. Received: loss={loss!r}")
 
 
-def deserialize(config):
-    """Inverse of `serialize`: a name or `{"class_name", "config"}` -> `Loss`."""
-    if config is None or isinstance(config, str):
-        return get(config)
+def deserialize(config, custom_objects=None):
+    """Inverse of `serialize`: a name or `{"class_name", "config"}` -> `Loss`; a
+    function entry -> the function.
+
+    Custom classes and functions are found by registered name or plain name in
+    `custom_objects`, an active `hybridnet.saving.custom_object_scope`, or the
+    `register_serializable` registry; nothing is imported.
+
+    Raises:
+        hybridnet.saving.registry.UnknownObjectError (a ValueError): the config
+            names an object that is not known here.
+    """
+    if isinstance(config, str):
+        found = _registry.get_registered_object(config, custom_objects)
+        return found if found is not None else get(config)
+    if config is None:
+        return None
     if isinstance(config, dict) and "class_name" in config:
         name = config["class_name"]
-        if name not in _CLASSES or name == "Loss":
-            raise ValueError(f"Unknown loss class. Expected one of {sorted(_CLASSES)}. "
-                             f"Received: class_name={name!r}")
-        return _CLASSES[name].from_config(config.get("config", {}))
+        inner = dict(config.get("config") or {}) if name != "function" else config.get("config")
+        if not config.get("registered_name") and name in _CLASSES and name != "Loss":
+            if name == "LossFunctionWrapper" and isinstance(inner.get("fn"), dict):
+                inner["fn"] = deserialize(inner["fn"], custom_objects)
+            return _CLASSES[name].from_config(inner)
+        found = _registry.resolve(config, custom_objects, what="loss")
+        if name == "function":
+            if isinstance(found, type) or not callable(found):
+                raise ValueError(f"Loss {_registry.describe(config)} resolved to {found!r}, "
+                                 "which is not a function.")
+            return found
+        if not (isinstance(found, type) and issubclass(found, Loss)):
+            raise ValueError(f"Loss {_registry.describe(config)} resolved to {found!r}, which "
+                             "is not a hybridnet.losses.Loss subclass.")
+        return found.from_config(inner)
     raise ValueError("Expected a loss name or a dict with 'class_name' and 'config'. "
                      f"Received: config={config!r}")

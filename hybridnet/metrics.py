@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from hybridnet import losses as losses_lib
 from hybridnet.losses import apply_mask, squeeze_or_expand_to_same_rank
+from hybridnet.saving import registry as _registry
 
 
 # --------------------------------------------------------------------------
@@ -485,9 +486,11 @@ def get(identifier, *, loss=None, output_shape=None):
 
 
 def serialize(metric):
-    """JSON-able description: strings unchanged, metrics as
-    `{"class_name", "config"}` (shape-resolved "accuracy" as its string), None
-    for metrics built on custom functions.
+    """JSON-able description: strings unchanged, built-in metrics as
+    `{"class_name", "config"}` (shape-resolved "accuracy" as its string),
+    registered custom classes and functions (see
+    `hybridnet.saving.register_serializable`) with their `"registered_name"`,
+    None for other custom metrics and functions.
 
     Example:
         >>> metrics.deserialize(metrics.serialize(metrics.BinaryAccuracy(threshold=0.3)))
@@ -497,27 +500,54 @@ def serialize(metric):
     if isinstance(metric, _ShapeResolvedAccuracy):
         return metric.name
     if isinstance(metric, Metric):
-        if type(metric).__name__ not in _CLASSES:
-            return None
         try:
-            config = metric.get_config()
+            name = type(metric).__name__
+            if name in _CLASSES and type(metric) is _CLASSES[name]:
+                if type(metric) is MeanMetricWrapper and metric._fn not in _FUNCTION_NAMES:
+                    fn = _registry.function_config(metric._fn)
+                    if fn is None:
+                        return None
+                    return {"class_name": "MeanMetricWrapper",
+                            "config": {"name": metric.name, "fn": fn, **metric._fn_kwargs}}
+                return {"class_name": name, "config": metric.get_config()}
+            return _registry.object_config(metric)
         except ValueError:
             return None
-        return {"class_name": type(metric).__name__, "config": config}
     if callable(metric):
-        return _FUNCTION_NAMES.get(metric)
+        return _FUNCTION_NAMES.get(metric) or _registry.function_config(metric)
     raise ValueError(f"Cannot serialize metric. Received: metric={metric!r}")
 
 
-def deserialize(config, *, loss=None):
-    """Inverse of `serialize`."""
+def deserialize(config, *, loss=None, custom_objects=None):
+    """Inverse of `serialize`; a function entry comes back as the function.
+
+    Custom classes and functions are found by registered name or plain name in
+    `custom_objects`, an active `hybridnet.saving.custom_object_scope`, or the
+    `register_serializable` registry; nothing is imported.
+
+    Raises:
+        hybridnet.saving.registry.UnknownObjectError (a ValueError): the config
+            names an object that is not known here.
+    """
     if isinstance(config, str):
-        return get(config, loss=loss)
+        found = _registry.get_registered_object(config, custom_objects)
+        return found if found is not None else get(config, loss=loss)
     if isinstance(config, dict) and "class_name" in config:
         name = config["class_name"]
-        if name not in _CLASSES:
-            raise ValueError(f"Unknown metric class. Expected one of {sorted(_CLASSES)}. "
-                             f"Received: class_name={name!r}")
-        return _CLASSES[name].from_config(config.get("config", {}))
+        inner = dict(config.get("config") or {}) if name != "function" else config.get("config")
+        if not config.get("registered_name") and name in _CLASSES:
+            if name == "MeanMetricWrapper" and isinstance(inner.get("fn"), dict):
+                inner["fn"] = deserialize(inner["fn"], custom_objects=custom_objects)
+            return _CLASSES[name].from_config(inner)
+        found = _registry.resolve(config, custom_objects, what="metric")
+        if name == "function":
+            if isinstance(found, type) or not callable(found):
+                raise ValueError(f"Metric {_registry.describe(config)} resolved to {found!r}, "
+                                 "which is not a function.")
+            return found
+        if not (isinstance(found, type) and issubclass(found, Metric)):
+            raise ValueError(f"Metric {_registry.describe(config)} resolved to {found!r}, "
+                             "which is not a hybridnet.metrics.Metric subclass.")
+        return found.from_config(inner)
     raise ValueError("Expected a metric name or a dict with 'class_name' and 'config'. "
                      f"Received: config={config!r}")

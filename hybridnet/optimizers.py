@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hybridnet.saving import registry as _registry
+
 
 # --------------------------------------------------------------------------
 # Small optax-style transforms with Keras' exact update rules
@@ -274,18 +276,31 @@ _SCHEDULES = {c.__name__: c for c in (ExponentialDecay, PiecewiseConstantDecay, 
 
 
 def serialize_schedule(schedule):
-    if isinstance(schedule, LearningRateSchedule) and type(schedule).__name__ in _SCHEDULES:
-        return {"class_name": type(schedule).__name__, "config": schedule.get_config()}
-    raise ValueError("Only the built-in learning-rate schedules can be serialized. "
+    """`{"class_name", "config"}` of a built-in schedule (plus `"registered_name"` for one
+    registered with `hybridnet.saving.register_serializable`); ValueError otherwise."""
+    if isinstance(schedule, LearningRateSchedule):
+        name = type(schedule).__name__
+        if _SCHEDULES.get(name) is type(schedule):
+            return {"class_name": name, "config": schedule.get_config()}
+        config = _registry.object_config(schedule)
+        if config is not None:
+            return config
+    raise ValueError("Only the built-in learning-rate schedules and registered ones "
+                     f"({_registry.HOW_TO_REGISTER}) can be serialized. "
                      f"Received: learning_rate={schedule!r}")
 
 
-def deserialize_schedule(config):
+def deserialize_schedule(config, custom_objects=None):
+    """Inverse of `serialize_schedule`; custom schedules resolve through `custom_objects`,
+    an active `hybridnet.saving.custom_object_scope` or the registry."""
     name = config.get("class_name")
-    if name not in _SCHEDULES:
-        raise ValueError(f"Unknown learning-rate schedule. Expected one of {sorted(_SCHEDULES)}. "
-                         f"Received: class_name={name!r}")
-    return _SCHEDULES[name].from_config(config.get("config", {}))
+    if not config.get("registered_name") and name in _SCHEDULES:
+        return _SCHEDULES[name].from_config(config.get("config", {}))
+    found = _registry.resolve(config, custom_objects, what="learning-rate schedule")
+    if not (isinstance(found, type) and issubclass(found, LearningRateSchedule)):
+        raise ValueError(f"Schedule {_registry.describe(config)} resolved to {found!r}, which "
+                         "is not a hybridnet.optimizers.LearningRateSchedule subclass.")
+    return found.from_config(config.get("config", {}))
 
 
 # `hybridnet.optimizers.schedules.ExponentialDecay`, as `keras.optimizers.schedules`.
@@ -659,8 +674,10 @@ def get(identifier) -> Optimizer:
 
 
 def serialize(optimizer):
-    """`{"class_name": "Adam", "config": {...}}`; a string is returned as is;
-    None for a wrapped optax transformation or a custom schedule.
+    """`{"class_name": "Adam", "config": {...}}`; a string is returned as is; a registered
+    `Optimizer` subclass (see `hybridnet.saving.register_serializable`) also carries its
+    `"registered_name"`; None for a wrapped optax transformation, an unregistered
+    subclass or an unserializable schedule.
 
     Example:
         >>> optimizers.deserialize(optimizers.serialize(optimizers.SGD(0.1, momentum=0.9)))
@@ -671,26 +688,37 @@ def serialize(optimizer):
         return None
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"Cannot serialize optimizer. Received: optimizer={optimizer!r}")
-    if type(optimizer).__name__ not in _CLASSES:
-        return None
     try:
-        config = optimizer.get_config()
+        name = type(optimizer).__name__
+        if _CLASSES.get(name) is type(optimizer):
+            return {"class_name": name, "config": optimizer.get_config()}
+        return _registry.object_config(optimizer)
     except ValueError:
         return None
-    return {"class_name": type(optimizer).__name__, "config": config}
 
 
-def deserialize(config) -> Optimizer:
-    """Inverse of `serialize`."""
+def deserialize(config, custom_objects=None) -> Optimizer:
+    """Inverse of `serialize`. Custom optimizers resolve through `custom_objects`, an
+    active `hybridnet.saving.custom_object_scope` or the registry; nothing is imported.
+
+    Raises:
+        hybridnet.saving.registry.UnknownObjectError (a ValueError): the config
+            names an optimizer that is not known here.
+    """
     if isinstance(config, str):
-        return get(config)
+        found = _registry.get_registered_object(config, custom_objects)
+        return get(found if found is not None else config)
     if isinstance(config, dict) and "class_name" in config:
         name = config["class_name"]
-        cls = _CLASSES.get(name) or _BY_NAME.get(str(name).lower())
+        cls = None if config.get("registered_name") else (
+            _CLASSES.get(name) or _BY_NAME.get(str(name).lower()))
         if cls is None:
-            raise ValueError(f"Unknown optimizer class. Expected one of {sorted(_CLASSES)}. "
-                             f"Received: class_name={name!r}")
-        return cls.from_config(config.get("config", {}))
+            cls = _registry.resolve(config, custom_objects, what="optimizer")
+            if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+                raise ValueError(f"Optimizer {_registry.describe(config)} resolved to {cls!r}, "
+                                 "which is not a hybridnet.optimizers.Optimizer subclass.")
+        with _registry.custom_object_scope(custom_objects):  # for a custom schedule inside
+            return cls.from_config(config.get("config", {}))
     raise ValueError("Expected an optimizer name or a dict with 'class_name' and 'config'. "
                      f"Received: config={config!r}")
 

@@ -7,26 +7,39 @@ import re
 
 import numpy as np
 
-_GLOBAL_SEED: list[int | None] = [None]
+_SEEDS: list = [None]  # a numpy Generator after set_random_seed, else None
 _NAME_COUNTS: collections.Counter = collections.Counter()
 
 
 def set_random_seed(seed: int) -> None:
     """Seeds parameter initialisation, dropout and shuffling (like Keras).
 
+    After it, every new layer and model draws its own seed from one sequence: models
+    built one after the other get distinct weights, and repeating the same calls after
+    the same ``set_random_seed`` reproduces them.
+
     Example:
         >>> hybridnet.utils.set_random_seed(42)
     """
-    _GLOBAL_SEED[0] = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"set_random_seed: `seed` must be a non-negative int. "
+                         f"Received: seed={seed!r}")
+    _SEEDS[0] = np.random.default_rng(int(seed))
     np.random.seed(int(seed))
     _NAME_COUNTS.clear()
 
 
 def next_seed() -> int:
-    """A seed for a new model: from the global seed if set, else fresh entropy."""
-    if _GLOBAL_SEED[0] is not None:
-        return _GLOBAL_SEED[0]
-    return int.from_bytes(os.urandom(4), "little")
+    """The next seed of the global sequence (fresh entropy when no seed was set)."""
+    if _SEEDS[0] is not None:
+        return int(_SEEDS[0].integers(0, 2**31 - 1))
+    return int.from_bytes(os.urandom(4), "little") >> 1
+
+
+def next_rng_key():
+    """A fresh PRNG key from the global sequence (eager layers in training mode)."""
+    import jax
+    return jax.random.PRNGKey(next_seed())
 
 
 def snake_case(name: str) -> str:

@@ -17,7 +17,7 @@ X, Y = np.zeros((16, 4), "float32"), np.zeros((16, 3), "float32")
 
 
 def _nothing_compiled(model):
-    return model._executor is None or not model._executor._compiled
+    return model._runner is None or not model._runner._compiled
 
 
 def test_wrong_input_shape():

@@ -154,11 +154,11 @@ def test_learning_rate_scheduler_changes_rate_without_retrace():
     sched = callbacks.LearningRateScheduler(lambda epoch, lr: 0.1 * 0.5 ** epoch)
     record = callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: rates.append(float(
-            hybridnet.optimizers.get_learning_rate(model._opt_state))))
+            hybridnet.optimizers.get_learning_rate(model.train_state.opt_state))))
     history = model.fit(x, y, epochs=3, batch_size=16, callbacks=[sched, record], verbose=0)
     np.testing.assert_allclose(rates, [0.1, 0.05, 0.025], rtol=1e-6)
     assert history.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.025])
-    assert len(model._executor._compiled) <= 2  # one train step (+ results), no retrace
+    assert len(model._runner._compiled) <= 2  # one train step (+ results), no retrace
 
 
 def test_zero_learning_rate_freezes_weights():
@@ -199,5 +199,5 @@ def test_reduce_lr_on_plateau():
         on_epoch_begin=lambda epoch, logs=None: rates.append(model.optimizer.learning_rate))
     model.fit(x, y, epochs=5, batch_size=16, callbacks=[Flat(), reduce, record], verbose=0)
     assert rates == pytest.approx([0.1, 0.1, 0.05, 0.025, 0.02])
-    np.testing.assert_allclose(float(hybridnet.optimizers.get_learning_rate(model._opt_state)),
+    np.testing.assert_allclose(float(hybridnet.optimizers.get_learning_rate(model.train_state.opt_state)),
                                0.02, rtol=1e-6)

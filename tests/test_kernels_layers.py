@@ -106,8 +106,7 @@ def test_cnn_trains_the_same_with_pallas_kernels_on_eight_devices():
         model.summary()
     assert "Conv2D, pallas" in out.getvalue()
     # the kernel ran per shard: the compiled step has no all-gather of the batch input
-    hlo = model._executor.train_fn(8).lower(
-        model._train_state(model._executor), [x], y, None).as_text()
+    hlo = model._runner.train_fn(8).lower(model.train_state, [x], y, None).as_text()
     assert "all-gather" not in hlo
 
 

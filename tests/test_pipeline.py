@@ -101,26 +101,29 @@ def _one_device_plan(model):
 
 def _kwargs(model, **extra):
     return dict(optimizer=model._tx, loss=model._compiled_loss, metrics=model._compiled_metrics,
-                num_outputs=len(model.outputs), seed=3, **extra)
+                num_outputs=len(model.outputs), **extra)
 
 
 def _train(executor, model, steps=3, n=16, init=None):
     """Per step: (loss, params as numpy); fresh metrics each step so 'loss' is that step's."""
-    variables = model._init_variables_fn(jax.random.PRNGKey(0)) if init is None else init
-    params, state = executor.place_variables(*split_trainable(variables,
-                                                              model._trainable_mask()))
-    ts = {"params": params, "state": state, "opt_state": executor.init_opt_state(params),
-          "metrics": executor.init_metrics(),
-          "step": jax.device_put(np.int32(0), executor.replicated)}
+    variables = _initial_variables(model) if init is None else init
+    params, state = split_trainable(executor.place_variables(variables),
+                                    model._trainable_mask())
+    ts = executor.new_state(params, state, rng=jax.random.PRNGKey(3))
     fn = executor.train_fn(n)
     history = []
     for i in range(steps):
         xs, y = _data(model, n, seed=i)
-        ts = fn({**ts, "metrics": executor.init_metrics()}, xs, y, None)
-        logs = {k: float(v) for k, v in executor.results(ts["metrics"]).items()}
-        history.append((logs, jax.tree_util.tree_map(np.asarray, ts["params"]),
-                        jax.tree_util.tree_map(np.asarray, ts["state"])))
+        ts = fn(ts.replace(metrics=executor.init_metrics()), xs, y, None)
+        logs = {k: float(v) for k, v in executor.results(ts.metrics).items()}
+        history.append((logs, jax.tree_util.tree_map(np.asarray, ts.params),
+                        jax.tree_util.tree_map(np.asarray, ts.state)))
     return history, ts
+
+
+def _initial_variables(model):
+    """The model's initial weights as host arrays (each runner places its own copy)."""
+    return jax.tree_util.tree_map(np.asarray, model.variables)
 
 
 def _reference(model, **kw):
@@ -167,10 +170,18 @@ def test_matches_one_device(kind, p, schedule):
     got, ts = _train(ex, model)
     _assert_same(ref, got)
     # Weights live on their stage's sub-mesh, replicated over its data axis.
-    for layer, values in ts["params"].items():
+    for layer, values in ts.params.items():
         devices = set(ex.plan.stages[ex.stage_of(layer)].device_ids)
         assert {d.id for d in values["kernel"].sharding.device_set} == devices
-    assert isinstance(ts["opt_state"], list) and len(ts["opt_state"]) == p
+    # One optimizer state for the whole model, as on one device; each parameter slot
+    # on its stage's devices.
+    one = jax.eval_shape(model._tx.init, ts.params)
+    assert jax.tree_util.tree_structure(ts.opt_state) == jax.tree_util.tree_structure(one)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(ts.opt_state)[0]:
+        keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+        if len(keys) >= 2 and keys[-2] in ts.params:
+            devices = set(ex.plan.stages[ex.stage_of(keys[-2])].device_ids)
+            assert {d.id for d in leaf.sharding.device_set} == devices
 
 
 def test_boundaries_of_a_functional_graph():
@@ -239,16 +250,17 @@ def test_evaluate_and_predict_match_one_device():
                                                                             "cat", "out"]],
                                              MESHES[2], 4, "1f1b"),
                           model._trainable_mask(), **_kwargs(model))
-    variables = model._init_variables_fn(jax.random.PRNGKey(0))
+    variables = _initial_variables(model)
     for n in (16, 6):  # 6 does not split into 4 microbatches: one microbatch
         xs, y = _data(model, n)
         results = []
         for e in (one, ex):
-            params, state = e.place_variables(*split_trainable(variables,
-                                                               model._trainable_mask()))
-            m = e.evaluate(params, state, e.init_metrics(), xs, y, None, n)
+            params, state = split_trainable(e.place_variables(variables),
+                                            model._trainable_mask())
+            ts = e.new_state(params, state)
+            m = e.evaluate(ts, e.init_metrics(), xs, y, None, n)
             results.append(({k: float(v) for k, v in e.results(m).items()},
-                            [np.asarray(o) for o in e.predict(params, state, xs, n)]))
+                            [np.asarray(o) for o in e.predict(ts, xs, n)]))
         (r1, o1), (r2, o2) = results
         for k in r1:
             np.testing.assert_allclose(r2[k], r1[k], rtol=1e-5, err_msg=k)
@@ -329,7 +341,7 @@ def test_steps_per_execution_runs_stacked_batches():
     xs = [np.stack([b[0][0] for b in batches])]
     ys = np.stack([b[1] for b in batches])
     ts2 = two.train_fn(16, steps=2)(ts2, xs, ys, None)
-    assert int(ts2["step"]) == 2
-    for a, b in zip(jax.tree_util.tree_leaves(ts1["params"]),
-                    jax.tree_util.tree_leaves(ts2["params"])):
+    assert int(ts2.step) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(ts1.params),
+                    jax.tree_util.tree_leaves(ts2.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)

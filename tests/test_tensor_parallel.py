@@ -129,7 +129,7 @@ def test_model_parallel_weights_are_created_sharded():
     # optimizer slots are sharded like their parameter
     x, y = _image_data(8)
     model.train_on_batch(x, y)
-    slots = [leaf for leaf in jax.tree_util.tree_leaves(model._opt_state)
+    slots = [leaf for leaf in jax.tree_util.tree_leaves(model.train_state.opt_state)
              if getattr(leaf, "shape", None) == (256, 64)]
     assert slots and all({s.data.shape for s in leaf.addressable_shards} == {(256, 8)}
                          for leaf in slots)

@@ -1,2 +1,5 @@
-"""Plan -> compiled step functions."""
-from hybridnet.execution.steps import Executor, LossContainer, MetricsContainer, split_trainable
+"""Plan -> runners over one TrainState (the protocol is in ``execution/state.py``)."""
+from hybridnet.execution.state import TrainState
+from hybridnet.execution.steps import Executor, split_trainable
+
+__all__ = ["Executor", "TrainState", "split_trainable"]

@@ -28,7 +28,8 @@ and updated parameters equal the single-device step. Known, documented differenc
   so with ``m > 1`` training-mode outputs and moving averages differ from one
   full-batch step (identical for ``m == 1``).
 * Dropout: microbatch ``j`` of step ``t`` uses the key
-  ``fold_in(fold_in(PRNGKey(seed), t), j)`` (reproducible, not the SPMD key).
+  ``fold_in(fold_in(ts.rng, t), j)`` (reproducible; the distribution is the SPMD one,
+  the draws differ).
 * Losses whose normaliser depends on the batch (masked means over valid tokens,
   ``mean_with_sample_weight``) are averaged per microbatch.
 * The optimizer runs per stage on that stage's parameters: exact for per-leaf
@@ -50,6 +51,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
+from hybridnet.execution.state import TrainState
 from hybridnet.execution.steps import PackedMetrics, _as_list, _merge, _select
 from hybridnet.planner.plan import Plan
 from hybridnet.planner.schedule import (SCHEDULES, bubble_fraction,  # noqa: F401
@@ -134,16 +136,18 @@ class PipelineExecutor:
         trainable: layer -> weight -> bool.
         optimizer: an ``optax.GradientTransformation`` (None for inference only).
         loss: a ``LossContainer``; metrics: a ``MetricsContainer``.
-        num_outputs: number of model outputs; seed: the dropout seed.
+        num_outputs: number of model outputs.
         global_clipnorm: if the optimizer clips by global norm, its value: the norm is
             then computed over all stages (see the module docstring).
 
-    The train state's ``opt_state`` is a list with one optax state per stage, each on
-    its stage's sub-mesh; ``metrics`` and ``step`` live on the last stage.
+    The train state has the structure an SPMD runner gives it: ``opt_state`` is the
+    whole model's optax state, each leaf on the stage that holds its parameter (leaves
+    shared by all stages, such as Adam's count, on the last stage); ``metrics``,
+    ``step`` and ``rng`` live on the last stage.
     """
 
     def __init__(self, graph, plan: Plan, trainable: dict, optimizer=None, loss=None,
-                 metrics=None, num_outputs: int = 1, seed: int = 0,
+                 metrics=None, num_outputs: int = 1,
                  global_clipnorm: float | None = None):
         if not plan.stages:
             raise ValueError("PipelineExecutor: the plan has no pipeline stages. Received: "
@@ -155,7 +159,6 @@ class PipelineExecutor:
         self.loss = loss
         self.metrics = metrics
         self.num_outputs = num_outputs
-        self.seed = seed
         self.global_clipnorm = global_clipnorm
         self.microbatches = max(int(plan.microbatches or 1), 1)
         self.schedule = plan.schedule if plan.schedule in SCHEDULES else "gpipe"
@@ -173,6 +176,8 @@ class PipelineExecutor:
             st.state_sharding = {k: v for k, v in self.state_sharding.items()
                                  if self.stage_of(k) == st.index}
         self.opt_sharding = None
+        self._opt_layout = None
+        self._opt_cache = (None, None)  # (whole opt_state, its per-stage parts)
         self._output_specs = {n: lp.output_spec for n, lp in plan.layers.items()
                               if lp.output_spec is not None}
         self._mb_index = [[jax.device_put(np.int32(j), st.replicated)
@@ -266,9 +271,10 @@ class PipelineExecutor:
         """Creates the weights with ``init_fn(key) -> {layer: {w: array}}`` inside one jit
         per stage, each already placed on its stage (one jit cannot span stage meshes)."""
         shardings = self.weight_shardings()
+        made = jax.eval_shape(init_fn, key)
         out = {}
         for st in self.stages:
-            names = [n for n in shardings if self.stage_of(n) == st.index]
+            names = [n for n in made if self.stage_of(n) == st.index]
             if not names:
                 continue
             sh = {n: shardings[n] for n in names}
@@ -282,10 +288,11 @@ class PipelineExecutor:
             parts[self.stage_of(layer)][layer] = values
         return parts
 
-    def place_variables(self, params, state):
-        """Moves existing arrays to their stages' shardings."""
-        return (jax.device_put(params, {k: self.params_sharding[k] for k in params}),
-                jax.device_put(state, {k: self.state_sharding[k] for k in state}))
+    def place_variables(self, variables: dict) -> dict:
+        """Moves existing arrays to their stages' shardings (no-op where already there)."""
+        shardings = self.weight_shardings()
+        return jax.device_put(variables, {k: {w: shardings[k][w] for w in v}
+                                          for k, v in variables.items()})
 
     def _stage_opt_sharding(self, st: _Stage, params_s):
         shapes = jax.eval_shape(self.tx.init, params_s)
@@ -300,30 +307,86 @@ class PipelineExecutor:
             return st.replicated
         return jax.tree_util.tree_map_with_path(pick, shapes)
 
-    def init_opt_state(self, params) -> list:
-        """One optax state per stage, created inside jit on that stage's sub-mesh with
-        each slot sharded like its parameter."""
-        parts = self._by_stage(params)
-        self.opt_sharding = [self._stage_opt_sharding(st, p) for st, p in
-                             zip(self.stages, parts)]
-        return [jax.jit(self.tx.init, out_shardings=sh)(p)
-                for p, sh in zip(parts, self.opt_sharding)]
+    def _layout(self, params):
+        """How the whole model's optimizer state maps onto one optax state per stage:
+        per stage, its treedef and the whole-state leaf index of each of its leaves; per
+        whole-state leaf, the stage (and position) it is read back from."""
+        if self._opt_layout is None:
+            whole = jax.eval_shape(self.tx.init, params)
+            paths, treedef = jax.tree_util.tree_flatten_with_path(whole)
+            index = {jax.tree_util.keystr(path): i for i, (path, _) in enumerate(paths)}
+            stages, owner = [], {}
+            for s, (st, part) in enumerate(zip(self.stages, self._by_stage(params))):
+                sharding = self._stage_opt_sharding(st, part)
+                leaves, stage_def = jax.tree_util.tree_flatten_with_path(
+                    jax.eval_shape(self.tx.init, part))
+                try:
+                    idx = [index[jax.tree_util.keystr(path)] for path, _ in leaves]
+                except KeyError as e:
+                    raise ValueError(
+                        f"Pipeline: the optimizer's state for stage {s} has a leaf {e} that "
+                        f"the whole model's state lacks; this optimizer cannot be split "
+                        f"over pipeline stages.") from None
+                for pos, i in enumerate(idx):
+                    owner[i] = (s, pos)  # later stages win: shared leaves live on the last
+                stages.append((stage_def, idx, jax.tree_util.tree_leaves(sharding)))
+            missing = sorted(set(range(len(paths))) - set(owner))
+            if missing:
+                raise ValueError(f"Pipeline: optimizer state leaves "
+                                 f"{[jax.tree_util.keystr(paths[i][0]) for i in missing]} "
+                                 f"belong to no stage.")
+            shardings = [stages[owner[i][0]][2][owner[i][1]] for i in range(len(paths))]
+            self._opt_layout = (treedef, stages, [owner[i] for i in range(len(paths))])
+            self.opt_sharding = jax.tree_util.tree_unflatten(treedef, shardings)
+        return self._opt_layout
 
-    def place_opt_state(self, opt_state, params) -> list:
-        """Moves a per-stage optimizer state (e.g. restored) onto the stages."""
-        parts = self._by_stage(params)
-        if not isinstance(opt_state, (list, tuple)) or len(opt_state) != self.num_stages:
-            raise ValueError(f"Pipeline: expected one optimizer state per stage "
-                             f"({self.num_stages}). Received: {type(opt_state).__name__}")
-        self.opt_sharding = [self._stage_opt_sharding(st, p) for st, p in
-                             zip(self.stages, parts)]
-        return [jax.device_put(o, sh) for o, sh in zip(opt_state, self.opt_sharding)]
+    def _split_opt(self, opt_state, params) -> list:
+        """The whole optimizer state as one state per stage, each on its sub-mesh."""
+        if self._opt_cache[0] is opt_state:
+            return self._opt_cache[1]
+        _, stages, _ = self._layout(params)
+        leaves = jax.tree_util.tree_leaves(opt_state)
+        return [jax.tree_util.tree_unflatten(stage_def, jax.device_put(
+                    [leaves[i] for i in idx], shardings))
+                for stage_def, idx, shardings in stages]
 
-    def set_learning_rate(self, opt_state, value: float) -> list:
-        """Writes ``value`` into every stage's injected learning rate (placement kept)."""
-        return [jax.device_put(optimizers_lib.set_learning_rate(o, value),
-                               jax.tree_util.tree_map(lambda a: a.sharding, o))
-                for o in opt_state]
+    def _merge_opt(self, parts: list, params):
+        treedef, _, owner = self._layout(params)
+        flat = [jax.tree_util.tree_leaves(p) for p in parts]
+        whole = jax.tree_util.tree_unflatten(treedef, [flat[s][pos] for s, pos in owner])
+        self._opt_cache = (whole, parts)
+        return whole
+
+    def new_state(self, params, state, opt_state=None, step=0, rng=None) -> TrainState:
+        """A placed TrainState (see ``execution/state.py``); the optimizer state is made
+        per stage inside jit, sharded like its parameters, when not given."""
+        if self.tx is None:
+            opt_state = None
+        elif opt_state is None:
+            _, stages, _ = self._layout(params)
+            parts = [jax.jit(self.tx.init, out_shardings=jax.tree_util.tree_unflatten(
+                         stage_def, shardings))(part)
+                     for (stage_def, _, shardings), part in zip(stages,
+                                                                 self._by_stage(params))]
+            opt_state = self._merge_opt(parts, params)
+        else:
+            self._layout(params)
+            opt_state = jax.device_put(opt_state, self.opt_sharding)
+        return TrainState(
+            params=params, state=state, opt_state=opt_state,
+            metrics=self.init_metrics() if self.metrics is not None else None,
+            step=jax.device_put(jnp.asarray(step, jnp.int32), self.replicated),
+            rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng, self.replicated))
+
+    def set_learning_rate(self, ts: TrainState, value: float) -> TrainState:
+        """The state with every stage's injected learning rate set to ``value``."""
+        return ts.replace(opt_state=jax.device_put(
+            optimizers_lib.set_learning_rate(ts.opt_state, value), self.opt_sharding))
+
+    def put_batch(self, batch, batch_size: int, steps: int = 1):
+        """Batches stay on the host: each microbatch goes to the stage that reads it."""
+        del batch_size, steps
+        return batch
 
     def init_metrics(self):
         return jax.device_put(self._packed.initial, self.replicated)
@@ -364,8 +427,9 @@ class PipelineExecutor:
                              for w, v in vals.items()} for layer, vals in state.items()}
         return outs, out_masks, new_state
 
-    def _rng(self, step, mb):
-        return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(self.seed), step), mb)
+    @staticmethod
+    def _rng(key, mb):
+        return jax.random.fold_in(key, mb)
 
     def _differentiable(self, st, params, state, carried, masks_in, fresh, rng, outputs_fn):
         """``jax.vjp`` (with aux) of ``outputs_fn(outs, masks, new_state)`` of the stage
@@ -383,18 +447,18 @@ class PipelineExecutor:
         return jax.vjp(f, params, [carried[i] for i in diff], has_aux=True)
 
     def _fwd_train(self, st):
-        def fwd(params, state, carried, masks_in, fresh, step, mb):
+        def fwd(params, state, carried, masks_in, fresh, key, mb):
             outs, out_masks, new_state = self._run_stage(
-                st, params, state, carried, masks_in, fresh, True, self._rng(step, mb))
+                st, params, state, carried, masks_in, fresh, True, self._rng(key, mb))
             return outs, out_masks, _constrain_tree(new_state, st.state_sharding)
         return jax.jit(fwd)
 
     def _bwd_train(self, st):
-        def bwd(params, state, carried, masks_in, fresh, step, mb, cot, acc):
+        def bwd(params, state, carried, masks_in, fresh, key, mb, cot, acc):
             def out_fn(outs, out_masks, new_state):
                 return [o for o in outs if _inexact(o)], None
             _, vjp, _ = self._differentiable(st, params, state, carried, masks_in, fresh,
-                                             self._rng(step, mb), out_fn)
+                                             self._rng(key, mb), out_fn)
             g_params, g_carried = vjp(list(cot))
             acc = jax.tree_util.tree_map(jnp.add, acc, g_params)
             return g_carried, _constrain_tree(acc, st.params_sharding)
@@ -403,7 +467,7 @@ class PipelineExecutor:
     def _last_train(self, st):
         m = self.microbatches
 
-        def last(params, state, carried, masks_in, fresh, step, mb, y, sw, acc, mstate):
+        def last(params, state, carried, masks_in, fresh, key, mb, y, sw, acc, mstate):
             y_true = list(y)
             sws = list(sw) if sw is not None else [None] * self.num_outputs
 
@@ -412,7 +476,7 @@ class PipelineExecutor:
                                                             range(len(outs))])
                 return loss / m, (loss, parts, outs, out_masks, new_state)
             _, vjp, aux = self._differentiable(st, params, state, carried, masks_in, fresh,
-                                               self._rng(step, mb), out_fn)
+                                               self._rng(key, mb), out_fn)
             loss, parts, outs, out_masks, new_state = aux
             g_params, g_carried = vjp(jnp.ones((), jnp.result_type(loss)))
             acc = jax.tree_util.tree_map(jnp.add, acc, g_params)
@@ -470,6 +534,7 @@ class PipelineExecutor:
                      "zeros": lambda: jax.jit(
                          lambda p: jax.tree_util.tree_map(jnp.zeros_like, p),
                          out_shardings=st.params_sharding),
+                     "key": lambda: jax.jit(jax.random.fold_in),
                      "concat": lambda: jax.jit(lambda chunks: [
                          jnp.concatenate(c) for c in zip(*chunks)])}[kind]
             fn = self._compiled[key] = build()
@@ -549,17 +614,18 @@ class PipelineExecutor:
         mb = n // m
         self._current_mb = mb
         p, stages, last = self.num_stages, self.stages, self.stages[-1]
-        params = self._by_stage(ts["params"])
-        state = self._by_stage(ts["state"])
-        opt = list(ts["opt_state"])
+        params = self._by_stage(ts.params)
+        state = self._by_stage(ts.state)
+        opt = list(self._split_opt(ts.opt_state, ts.params))
         xs = self._split_batch(xs, m)
         ys = self._split_batch(_as_list(y, self.num_outputs, "targets"), m)
         sws = None if sw is None else self._split_batch(
             _as_list(sw, self.num_outputs, "sample weights"), m)
-        steps = [ts["step"] if s == p - 1 else jax.device_put(ts["step"], st.replicated)
-                 for s, st in enumerate(stages)]
+        key = self._program("key", p - 1)(ts.rng, ts.step)
+        keys = [key if s == p - 1 else jax.device_put(key, st.replicated)
+                for s, st in enumerate(stages)]
         acc = self._take_acc(params)
-        mstate = ts["metrics"]
+        mstate = ts.metrics
         carried = [dict() for _ in stages]   # stage -> mb -> (values, masks)
         fresh = [dict() for _ in stages]
         cots = [dict() for _ in stages]      # stage -> mb -> cotangents of its outputs
@@ -576,7 +642,7 @@ class PipelineExecutor:
             if kind == "F" and s < p - 1:
                 vals, masks, fr = inputs_of(s, j)
                 outs, out_masks, state[s] = self._call("fwd", s, params[s], state[s], vals,
-                                                       masks, fr, steps[s], idx)
+                                                       masks, fr, keys[s], idx)
                 carried[s + 1][j] = self._send(outs, out_masks, s + 1, mb)
                 result = outs
             elif kind == "F":
@@ -584,7 +650,7 @@ class PipelineExecutor:
                 yj = self._put_batch(ys, last, j)
                 swj = self._put_batch(sws, last, j)
                 cot, acc[s], state[s], mstate = self._call(
-                    "last", s, params[s], state[s], vals, masks, fr, steps[s], idx, yj, swj,
+                    "last", s, params[s], state[s], vals, masks, fr, keys[s], idx, yj, swj,
                     acc[s], mstate)
                 carried[s].pop(j, None), fresh[s].pop(j, None)
                 if s > 0:
@@ -593,7 +659,7 @@ class PipelineExecutor:
             elif s < p - 1:
                 vals, masks, fr = inputs_of(s, j)
                 cot, acc[s] = self._call("bwd", s, params[s], state[s], vals, masks, fr,
-                                         steps[s], idx, cots[s].pop(j), acc[s])
+                                         keys[s], idx, cots[s].pop(j), acc[s])
                 carried[s].pop(j, None), fresh[s].pop(j, None)
                 if s > 0:
                     cots[s - 1][j] = self._send(cot, None, s - 1, mb)
@@ -615,7 +681,7 @@ class PipelineExecutor:
             t0 = time.perf_counter()
             params[s], opt[s], acc[s], inc = self._call(
                 "apply", s, params[s], opt[s], acc[s], scale[s],
-                steps[s] if s == p - 1 else None)
+                ts.step if s == p - 1 else None)
             if s == p - 1:
                 new_step = inc
             if profile is not None:
@@ -625,8 +691,9 @@ class PipelineExecutor:
         self._acc = acc
         merged_params = {k: v for part in params for k, v in part.items()}
         merged_state = {k: v for part in state for k, v in part.items()}
-        out = {**ts, "params": merged_params, "state": merged_state, "opt_state": opt,
-               "metrics": mstate, "step": new_step}
+        out = ts.replace(params=merged_params, state=merged_state,
+                         opt_state=self._merge_opt(opt, merged_params), metrics=mstate,
+                         step=new_step)
         return (out, busy) if profile is not None else out
 
     def train_fn(self, batch_size: int, steps: int = 1) -> Callable:
@@ -663,14 +730,14 @@ class PipelineExecutor:
                     "events": [(s, j, k, a - t0, b - t0) for s, j, k, a, b in events]}
 
     # --------------------------------------------------------------- eval, predict
-    def _forward(self, kind, params, state, x, y, sw, mstate, batch_size):
+    def _forward(self, kind, ts, x, y, sw, mstate, batch_size):
         xs = list(x) if isinstance(x, (list, tuple)) else [x]
         n = int(xs[0].shape[0])
         m = self.microbatches if n % self.microbatches == 0 else 1
         mb = n // m
         self._current_mb = mb
         p, stages, last = self.num_stages, self.stages, self.stages[-1]
-        params, state = self._by_stage(params), self._by_stage(state)
+        params, state = self._by_stage(ts.params), self._by_stage(ts.state)
         xs = self._split_batch(xs, m)
         ys = None if y is None else self._split_batch(
             _as_list(y, self.num_outputs, "targets"), m)
@@ -699,13 +766,13 @@ class PipelineExecutor:
             return outputs[0] if m == 1 else self._program("concat", p - 1)(outputs)
         return mstate
 
-    def evaluate(self, params, state, mstate, x, y, sw, batch_size: int):
+    def evaluate(self, ts: TrainState, mstate, x, y, sw, batch_size: int):
         """Updates the packed metrics with one batch (microbatched when it divides)."""
-        return self._forward("eval", params, state, x, y, sw, mstate, batch_size)
+        return self._forward("eval", ts, x, y, sw, mstate, batch_size)
 
-    def predict(self, params, state, x, batch_size: int):
+    def predict(self, ts: TrainState, x, batch_size: int):
         """The model outputs (a list) for one batch."""
-        return self._forward("predict", params, state, x, None, None, None, batch_size)
+        return self._forward("predict", ts, x, None, None, None, batch_size)
 
     # ---------------------------------------------------------------------- memory
     def stage_memory_analysis(self, batch_size: int) -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,73 +17,16 @@ import optax
 from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hybridnet import metrics as metrics_lib
 from hybridnet import optimizers as optimizers_lib
+from hybridnet.execution.state import TrainState
 from hybridnet.planner.plan import Plan
-
-
-class LossContainer:
-    """Per-output losses with weights; returns the total and per-output values."""
-
-    def __init__(self, losses: Sequence, weights: Sequence[float], output_names: Sequence[str]):
-        self.losses = list(losses)
-        self.weights = list(weights)
-        self.output_names = list(output_names)
-
-    def __call__(self, y_true: list, y_pred: list, sample_weight: list, masks: list):
-        total, parts = 0.0, {}
-        for i, (fn, w) in enumerate(zip(self.losses, self.weights)):
-            if fn is None:
-                continue
-            value = fn(y_true[i], y_pred[i], sample_weight=sample_weight[i], mask=masks[i])
-            parts[self.output_names[i]] = value
-            total = total + w * value
-        return total, parts
-
-
-class MetricsContainer:
-    """The loss tracker(s) and the compiled metrics of every output, keyed by log name."""
-
-    def __init__(self, per_output: Sequence[Sequence[Any]], output_names: Sequence[str]):
-        multi = len(output_names) > 1
-        self.trackers = {"loss": metrics_lib.Mean(name="loss")}
-        if multi:
-            self.trackers.update({f"{n}_loss": metrics_lib.Mean(name=f"{n}_loss")
-                                  for n in output_names})
-        self.per_output = [{(f"{n}_{m.name}" if multi else m.name): m for m in ms}
-                           for n, ms in zip(output_names, per_output)]
-        self.output_names = list(output_names)
-        self.entries = dict(self.trackers)
-        for metrics in self.per_output:
-            self.entries.update(metrics)
-        self.names = list(self.entries)
-
-    def init(self) -> dict:
-        return {key: m.init() for key, m in self.entries.items()}
-
-    def update(self, state, loss, parts, batch_size, y_true, y_pred, sample_weight, masks):
-        state = dict(state)
-        n = jnp.asarray(batch_size, jnp.float32)
-        state["loss"] = self.trackers["loss"].update(state["loss"], loss, sample_weight=n)
-        for name, value in parts.items():
-            key = f"{name}_loss"
-            if key in self.trackers:
-                state[key] = self.trackers[key].update(state[key], value, sample_weight=n)
-        for i, metrics in enumerate(self.per_output):
-            for key, m in metrics.items():
-                state[key] = m.update(state[key], y_true[i], y_pred[i],
-                                      sample_weight=sample_weight[i], mask=masks[i])
-        return state
-
-    def results(self, state) -> dict:
-        return {key: m.result(state[key]) for key, m in self.entries.items()}
 
 
 class PackedMetrics:
     """A MetricsContainer whose whole state travels as one flat float32 vector: one array
     per dispatch instead of two per metric."""
 
-    def __init__(self, metrics: MetricsContainer):
+    def __init__(self, metrics):
         self.metrics = metrics
         flat, self.unravel = ravel_pytree(metrics.init())
         self.initial = np.asarray(flat)  # host copy: each epoch gets a fresh buffer
@@ -107,7 +50,8 @@ def _as_list(tree, n: int, what: str) -> list:
 
 
 class Executor:
-    """Compiles and runs the steps of one model under one Plan.
+    """The SPMD runner: compiles and runs the steps of one model under one Plan over one
+    :class:`TrainState` (the protocol is written down in ``execution/state.py``).
 
     Args:
         run: ``(weights, inputs, training, rng) -> (outputs, masks, updates)``, pure.
@@ -118,7 +62,7 @@ class Executor:
     """
 
     def __init__(self, run: Callable, plan: Plan, trainable: dict, optimizer=None, loss=None,
-                 metrics: MetricsContainer | None = None, num_outputs: int = 1, seed: int = 0):
+                 metrics=None, num_outputs: int = 1):
         self.run = run
         self.plan = plan
         self.mesh = plan.mesh()
@@ -134,10 +78,8 @@ class Executor:
         self.opt_sharding = None
         self._output_specs = {name: lp.output_spec for name, lp in plan.layers.items()
                               if lp.output_spec is not None}
-        self.seed = seed
         self._compiled: dict = {}
-        if metrics is not None:
-            self._packed = PackedMetrics(metrics)
+        self._packed = PackedMetrics(metrics) if metrics is not None else None
 
     # ------------------------------------------------------------ placement
     def weight_shardings(self) -> dict:
@@ -160,27 +102,38 @@ class Executor:
     def init_variables(self, init_fn: Callable, key):
         """Runs ``init_fn(key) -> {layer: {weight: array}}`` inside jit with the Plan's
         out_shardings: sharded weights are never whole on one device."""
-        return jax.jit(init_fn, out_shardings=self.weight_shardings())(key)
+        shapes = jax.eval_shape(init_fn, key)
+        shardings = self.weight_shardings()
+        return jax.jit(init_fn, out_shardings={k: shardings[k] for k in shapes})(key)
 
-    def set_learning_rate(self, opt_state, value: float):
-        """The optimizer state with its injected learning rate set to ``value``."""
-        return jax.device_put(optimizers_lib.set_learning_rate(opt_state, value),
-                              self.opt_sharding or self.replicated)
+    def place_variables(self, variables: dict) -> dict:
+        """Moves existing arrays (layer -> weight -> array) to the Plan's shardings; arrays
+        already there are returned as they are."""
+        shardings = self.weight_shardings()
+        return jax.device_put(variables, {k: {w: shardings[k][w] for w in v}
+                                          for k, v in variables.items()})
 
-    def place_variables(self, params, state):
-        """Moves existing arrays to the Plan's shardings."""
-        return (jax.device_put(params, self.params_sharding),
-                jax.device_put(state, self.state_sharding))
+    def new_state(self, params, state, opt_state=None, step=0, rng=None) -> TrainState:
+        """A placed TrainState; the optimizer state is created sharded like its parameters
+        when not given, or moved to that placement when given (e.g. restored)."""
+        self.opt_sharding = self._opt_state_sharding(params) if self.tx is not None else None
+        if self.tx is None:
+            opt_state = None
+        elif opt_state is None:
+            opt_state = jax.jit(self.tx.init, out_shardings=self.opt_sharding)(params)
+        else:
+            opt_state = jax.device_put(opt_state, self.opt_sharding)
+        return TrainState(
+            params=params, state=state, opt_state=opt_state,
+            metrics=self.init_metrics() if self._packed is not None else None,
+            step=jax.device_put(jnp.asarray(step, jnp.int32), self.replicated),
+            rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng, self.replicated))
 
-    def init_opt_state(self, params):
-        """Optimizer state created inside jit, each slot sharded like its parameter."""
-        self.opt_sharding = self._opt_state_sharding(params)
-        return jax.jit(self.tx.init, out_shardings=self.opt_sharding)(params)
-
-    def place_opt_state(self, opt_state, params):
-        """Moves an existing optimizer state (e.g. restored) to the Plan's shardings."""
-        self.opt_sharding = self._opt_state_sharding(params)
-        return jax.device_put(opt_state, self.opt_sharding)
+    def set_learning_rate(self, ts: TrainState, value: float) -> TrainState:
+        """The state with its optimizer's injected learning rate set to ``value``."""
+        return ts.replace(opt_state=jax.device_put(
+            optimizers_lib.set_learning_rate(ts.opt_state, value),
+            self.opt_sharding or self.replicated))
 
     def _opt_state_sharding(self, params):
         shapes = jax.eval_shape(self.tx.init, params)
@@ -203,6 +156,13 @@ class Executor:
     def batch_sharding(self, batch_size: int):
         return self.plan.batch_sharding(self.mesh, batch_size)
 
+    def put_batch(self, batch, batch_size: int, steps: int = 1):
+        """Host arrays of one batch (or ``steps`` stacked batches) onto the devices."""
+        sharding = self.batch_sharding(batch_size)
+        if steps > 1:
+            sharding = NamedSharding(self.mesh, PartitionSpec(None, *sharding.spec))
+        return jax.device_put(batch, sharding)
+
     # ---------------------------------------------------------- pure steps
     def _loss_fn(self, params, state, x, y, sw, rng):
         outputs, masks, updates = self.run(_merge(params, state), x, training=True, rng=rng,
@@ -214,21 +174,18 @@ class Executor:
         new_state = _apply_updates(state, updates)
         return loss, (parts, outputs, masks, new_state, y_true, sws)
 
-    def _update_metrics(self, flat, *args):
-        return self._packed.update(flat, *args)
-
-    def _train_step(self, ts, x, y, sw):
-        rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), ts["step"])
+    def _train_step(self, ts: TrainState, x, y, sw) -> TrainState:
+        rng = jax.random.fold_in(ts.rng, ts.step)
         grad_fn = jax.value_and_grad(self._loss_fn, has_aux=True)
         (loss, (parts, outputs, masks, new_state, y_true, sws)), grads = grad_fn(
-            ts["params"], ts["state"], x, y, sw, rng)
-        updates, opt_state = self.tx.update(grads, ts["opt_state"], ts["params"])
-        params = optax.apply_updates(ts["params"], updates)
+            ts.params, ts.state, x, y, sw, rng)
+        updates, opt_state = self.tx.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
         batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
-        metrics = self._update_metrics(ts["metrics"], loss, parts, batch_size, y_true, outputs,
-                                       sws, masks)
-        return {**ts, "params": params, "state": new_state, "opt_state": opt_state,
-                "metrics": metrics, "step": ts["step"] + 1}
+        metrics = self._packed.update(ts.metrics, loss, parts, batch_size, y_true, outputs,
+                                      sws, masks)
+        return ts.replace(params=params, state=new_state, opt_state=opt_state,
+                          metrics=metrics, step=ts.step + 1)
 
     def _train_steps(self, ts, xs, ys, sws, unroll: bool = False):
         def body(carry, batch):
@@ -254,7 +211,8 @@ class Executor:
             [None] * self.num_outputs)
         loss, parts = self.loss(y_true, outputs, sws, masks)
         batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
-        return self._update_metrics(mstate, loss, parts, batch_size, y_true, outputs, sws, masks)
+        return self._packed.update(mstate, loss, parts, batch_size, y_true, outputs, sws,
+                                   masks)
 
     def _predict_step(self, params, state, x):
         outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None,
@@ -273,26 +231,26 @@ class Executor:
                 return fn(*args, **kwargs)
         return placed
 
-    def _jit(self, kind: str, batch_size: int, build: Callable):
+    def _jit(self, kind, batch_size: int, build: Callable):
         fn = self._compiled.get((kind, batch_size))
         if fn is None:
             fn = self._compiled[(kind, batch_size)] = build(self.batch_sharding(batch_size))
         return fn
 
-    def train_state_sharding(self):
-        return {"params": self.params_sharding, "state": self.state_sharding,
-                "opt_state": self.opt_sharding or self.replicated, "metrics": self.replicated,
-                "step": self.replicated}
+    def train_state_sharding(self) -> TrainState:
+        return TrainState(params=self.params_sharding, state=self.state_sharding,
+                          opt_state=self.opt_sharding or self.replicated,
+                          metrics=self.replicated, step=self.replicated, rng=self.replicated)
 
     def train_fn(self, batch_size: int, steps: int = 1) -> Callable:
         """The compiled ``(train_state, x, y, sw) -> train_state`` for this batch size;
         with ``steps > 1`` it runs that many stacked batches in one dispatch (Keras'
-        ``steps_per_execution``)."""
+        ``steps_per_execution``). The state passed in is donated."""
         def build(batch_sh):
             ts_sh = self.train_state_sharding()
             if steps == 1:
-                return jax.jit(self._placed(self._train_step), in_shardings=(ts_sh, batch_sh, batch_sh,
-                                                               batch_sh),
+                return jax.jit(self._placed(self._train_step),
+                               in_shardings=(ts_sh, batch_sh, batch_sh, batch_sh),
                                out_shardings=ts_sh, donate_argnums=0)
             stacked = NamedSharding(self.mesh, PartitionSpec(None, *batch_sh.spec))
             jitted = {}
@@ -308,18 +266,20 @@ class Executor:
             return run
         return self._jit(("train", steps), batch_size, build)
 
-    def evaluate(self, params, state, mstate, x, y, sw, batch_size: int):
+    def evaluate(self, ts: TrainState, mstate, x, y, sw, batch_size: int):
+        """``mstate`` updated with one batch evaluated under ``ts``'s weights."""
         def build(batch_sh):
             return jax.jit(self._placed(self._eval_step), in_shardings=(
                 self.params_sharding, self.state_sharding, self.replicated, batch_sh, batch_sh,
                 batch_sh), out_shardings=self.replicated)
-        return self._jit("eval", batch_size, build)(params, state, mstate, x, y, sw)
+        return self._jit("eval", batch_size, build)(ts.params, ts.state, mstate, x, y, sw)
 
-    def predict(self, params, state, x, batch_size: int):
+    def predict(self, ts: TrainState, x, batch_size: int):
+        """The model's outputs (a list) for one batch."""
         def build(batch_sh):
             return jax.jit(self._placed(self._predict_step), in_shardings=(
                 self.params_sharding, self.state_sharding, batch_sh))
-        return self._jit("predict", batch_size, build)(params, state, x)
+        return self._jit("predict", batch_size, build)(ts.params, ts.state, x)
 
     def results(self, mstate) -> dict:
         fn = self._compiled.get("results")
@@ -359,4 +319,4 @@ def split_trainable(variables: dict, trainable: dict):
     return _select(variables, trainable, True), _select(variables, trainable, False)
 
 
-__all__ = ["Executor", "LossContainer", "MetricsContainer", "split_trainable"]
+__all__ = ["Executor", "TrainState", "split_trainable"]

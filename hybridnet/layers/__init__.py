@@ -26,7 +26,14 @@ def register_layer(cls: type) -> type:
 
 
 def get_layer_class(class_name: str) -> type:
+    """A built-in layer class by name, else a custom one registered with
+    ``hybridnet.saving.register_serializable`` or given in an active
+    ``custom_object_scope`` (how ``load_model(custom_objects=...)`` finds them)."""
     if class_name not in _REGISTRY:
+        from hybridnet.saving.registry import find_class
+        custom = find_class(class_name, Layer)
+        if custom is not None:
+            return custom
         raise ValueError(f"Unknown layer class '{class_name}'. Register custom layers with "
                          f"hybridnet.layers.register_layer. Known: {sorted(_REGISTRY)}")
     return _REGISTRY[class_name]

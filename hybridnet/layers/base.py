@@ -144,7 +144,12 @@ class Layer:
         self.input_shape: Shape | list | None = None
         self.weight_specs: dict[str, WeightSpec] = {}
         self._inbound_nodes: list[Node] = []
-        self._model_ref = None  # set by a Model owning this layer, for get_weights()
+        self._seed = utils.next_seed()  # this layer's initialisers draw from it
+        # The weight values (weight name -> array), shared by every model using the layer.
+        self._values: dict | None = None
+        # Weak callback a model leaves so a read before any training creates the weights
+        # where its plan places them (sharded), instead of whole on one device.
+        self._create_values = None
 
     # ----------------------------------------------------------------- build
     def add_weight(self, name: str, shape, initializer="glorot_uniform", *, trainable: bool = True,
@@ -237,15 +242,16 @@ class Layer:
         """Hook for layers to validate input rank/shape with a clear message."""
 
     def _call_eager(self, inputs, training: bool = False, **kwargs):
-        """Calls the layer on arrays, creating its own weights on first use."""
+        """Calls the layer on arrays, creating its own weights on first use. In training
+        mode a stochastic layer draws a fresh key from the global seed sequence (pass
+        ``rng=`` to choose it)."""
         x_shape = jax.tree_util.tree_map(lambda a: (None,) + tuple(a.shape[1:]), inputs,
                                          is_leaf=lambda a: hasattr(a, "shape"))
         self._check_input(x_shape)
         self._maybe_build(x_shape)
-        if not hasattr(self, "_eager_weights"):
-            key = jax.random.PRNGKey(utils.next_seed())
-            self._eager_weights = init_weights(self, key)
-        out, _ = self.apply(self._eager_weights, inputs, training=training, **kwargs)
+        if training and "rng" in self._call_kwargs and kwargs.get("rng") is None:
+            kwargs["rng"] = utils.next_rng_key()
+        out, _ = self.apply(self._weight_values(), inputs, training=training, **kwargs)
         return out
 
     # --------------------------------------------------------------- weights
@@ -279,18 +285,25 @@ class Layer:
             if tuple(np.shape(w)) != spec.shape:
                 raise ValueError(f"Layer '{self.name}': weight '{spec.name}' expected shape "
                                  f"{spec.shape}. Received: shape={tuple(np.shape(w))}")
-        new = {s.name: jnp.asarray(w, s.dtype) for s, w in zip(specs, weights)}
-        if self._model_ref is not None:
-            self._model_ref()._set_layer_weights(self.name, new)
-        else:
-            self._eager_weights = new
+        current = self._weight_values()
+        # Same placement as the values they replace (sharded weights stay sharded).
+        self._values = {s.name: jax.device_put(jnp.asarray(w, s.dtype),
+                                               getattr(current[s.name], "sharding", None))
+                        for s, w in zip(specs, weights)}
 
     def _weight_values(self) -> dict:
-        if self._model_ref is not None:
-            return self._model_ref()._layer_weights(self.name)
-        if not hasattr(self, "_eager_weights"):
-            raise ValueError(f"Layer '{self.name}' has no weights yet: build it or call it first.")
-        return self._eager_weights
+        """The weight arrays, created on first use (by the model that placed the layer,
+        if any, else here from the layer's own seed)."""
+        if self._values is None and self.weight_specs:
+            create = self._create_values() if self._create_values is not None else None
+            if create is not None:
+                create()
+            if self._values is None:
+                self._values = init_weights(self, jax.random.PRNGKey(self._seed))
+        if not self.built:
+            raise ValueError(f"Layer '{self.name}' has no weights yet: build it or call it "
+                             f"first.")
+        return self._values if self._values is not None else {}
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:

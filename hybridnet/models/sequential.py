@@ -23,6 +23,8 @@ class Sequential(Model):
         self._input: KerasTensor | None = None
         for layer in layers or []:
             self.add(layer)
+        if not trainable:
+            self.trainable = False
 
     def add(self, layer) -> None:
         """Appends a layer (or an ``Input``) and rebuilds the graph if the input is known."""
@@ -43,13 +45,13 @@ class Sequential(Model):
         if layer._input_shape_arg is not None and self._input is None and not self._stack:
             self._input = Input(layer._input_shape_arg, batch_size=layer._batch_size_arg)
         self._stack.append(layer)
-        self._executor = None
+        self._reset_runner()
         if self._input is not None:
             self._rebuild()
 
     def pop(self) -> Layer:
         layer = self._stack.pop()
-        self._executor = None
+        self._reset_runner()
         self.graph = None
         if self._input is not None and self._stack:
             self._rebuild()
@@ -92,12 +94,13 @@ class Sequential(Model):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> "Sequential":
+    def from_config(cls, config: dict, get_class=None) -> "Sequential":
         from hybridnet.layers import get_layer_class
+        get_class = get_class or get_layer_class
         model = cls(name=config.get("name"))
         if config.get("build_input_shape") is not None:
             model.add(Input(tuple(config["build_input_shape"])[1:],
                             dtype=config.get("input_dtype", "float32")))
         for entry in config["layers"]:
-            model.add(get_layer_class(entry["class_name"]).from_config(dict(entry["config"])))
+            model.add(get_class(entry["class_name"]).from_config(dict(entry["config"])))
         return model
