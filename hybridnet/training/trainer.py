@@ -207,7 +207,10 @@ class Trainer:
                       for (xs, y, sw), k in grouped)
         else:
             source = ((xs, y, sw, n, 1) for xs, y, sw, n in source)
-        if prefetch and len(members) == 1:
+        # Prefetch where a transfer can overlap a step; on the CPU the explicit put costs
+        # more per step than it hides (measured 0.27 of 0.47 ms for a small MLP).
+        if prefetch and len(members) == 1 and members[0].runner.mesh.devices.flat[
+                0].platform != "cpu":
             runner = members[0].runner
 
             def put(item):
