@@ -600,15 +600,6 @@ def deserialize(config, custom_objects=None):
             if name == "LossFunctionWrapper" and isinstance(inner.get("fn"), dict):
                 inner["fn"] = deserialize(inner["fn"], custom_objects)
             return _CLASSES[name].from_config(inner)
-        found = _registry.resolve(config, custom_objects, what="loss")
-        if name == "function":
-            if isinstance(found, type) or not callable(found):
-                raise ValueError(f"Loss {_registry.describe(config)} resolved to {found!r}, "
-                                 "which is not a function.")
-            return found
-        if not (isinstance(found, type) and issubclass(found, Loss)):
-            raise ValueError(f"Loss {_registry.describe(config)} resolved to {found!r}, which "
-                             "is not a hybridnet.losses.Loss subclass.")
-        return found.from_config(inner)
+        return _registry.resolve_custom(config, custom_objects, Loss, "Loss")
     raise ValueError("Expected a loss name or a dict with 'class_name' and 'config'. "
                      f"Received: config={config!r}")

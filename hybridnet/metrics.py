@@ -539,15 +539,6 @@ def deserialize(config, *, loss=None, custom_objects=None):
             if name == "MeanMetricWrapper" and isinstance(inner.get("fn"), dict):
                 inner["fn"] = deserialize(inner["fn"], custom_objects=custom_objects)
             return _CLASSES[name].from_config(inner)
-        found = _registry.resolve(config, custom_objects, what="metric")
-        if name == "function":
-            if isinstance(found, type) or not callable(found):
-                raise ValueError(f"Metric {_registry.describe(config)} resolved to {found!r}, "
-                                 "which is not a function.")
-            return found
-        if not (isinstance(found, type) and issubclass(found, Metric)):
-            raise ValueError(f"Metric {_registry.describe(config)} resolved to {found!r}, "
-                             "which is not a hybridnet.metrics.Metric subclass.")
-        return found.from_config(inner)
+        return _registry.resolve_custom(config, custom_objects, Metric, "Metric")
     raise ValueError("Expected a metric name or a dict with 'class_name' and 'config'. "
                      f"Received: config={config!r}")

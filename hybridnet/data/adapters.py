@@ -391,6 +391,17 @@ def _indivisible(what: str, batch_size: int, count: int) -> ValueError:
 
 # ------------------------------------------------------------------------------ arrays
 
+class _BatchSourceAdapter(DataAdapter):
+    """Shared by adapters whose source yields whole batches (generators, PyDataset)."""
+
+    def _standardize(self, batch):
+        x, y, sw = _unpack_batch(batch, self._what)
+        if self._class_weight is not None:
+            sw = _combine_weights(sw, _class_sample_weights(y, self._class_weight,
+                                                            self._what), self._what)
+        return x, y, sw
+
+
 class ArrayDataAdapter(DataAdapter):
     """NumPy / JAX arrays (or anything with ``__array__``), Python lists of samples, and
     lists, tuples or dicts of those, cut into batches.
@@ -587,7 +598,7 @@ class ArrayDataAdapter(DataAdapter):
 
 # ---------------------------------------------------------------- generators, iterables
 
-class GeneratorDataAdapter(DataAdapter):
+class GeneratorDataAdapter(_BatchSourceAdapter):
     """Batches from a generator, an iterator or a re-iterable (a list of batches, a
     torch-style data loader: anything whose ``iter()`` gives a fresh iterator).
 
@@ -634,13 +645,6 @@ class GeneratorDataAdapter(DataAdapter):
             return self._steps if self._length is None else min(self._steps, self._length)
         return self._length if self._length is not None else self._discovered
 
-    def _standardize(self, batch):
-        x, y, sw = _unpack_batch(batch, self._what)
-        if self._class_weight is not None:
-            sw = _combine_weights(sw, _class_sample_weights(y, self._class_weight,
-                                                            self._what), self._what)
-        return x, y, sw
-
     def batches(self, rng=None) -> Iterator[tuple]:
         return self._epoch()
 
@@ -664,7 +668,7 @@ class GeneratorDataAdapter(DataAdapter):
 
 # --------------------------------------------------------------------------- PyDataset
 
-class PyDatasetAdapter(DataAdapter):
+class PyDatasetAdapter(_BatchSourceAdapter):
     """Batches from a :class:`~hybridnet.data.PyDataset`, in index order (or a permuted
     order with ``shuffle``), computed by the dataset's worker pool when it has one.
 
@@ -711,13 +715,6 @@ class PyDatasetAdapter(DataAdapter):
         if self._length is None:
             return self._steps
         return self._length if self._steps is None else min(self._steps, self._length)
-
-    def _standardize(self, batch):
-        x, y, sw = _unpack_batch(batch, self._what)
-        if self._class_weight is not None:
-            sw = _combine_weights(sw, _class_sample_weights(y, self._class_weight,
-                                                            self._what), self._what)
-        return x, y, sw
 
     def batches(self, rng=None) -> Iterator[tuple]:
         nb = self.num_batches

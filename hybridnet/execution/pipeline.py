@@ -372,11 +372,9 @@ class PipelineExecutor:
         else:
             self._layout(params)
             opt_state = jax.device_put(opt_state, self.opt_sharding)
-        return TrainState(
-            params=params, state=state, opt_state=opt_state,
-            metrics=self.init_metrics() if self.metrics is not None else None,
-            step=jax.device_put(jnp.asarray(step, jnp.int32), self.replicated),
-            rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng, self.replicated))
+        return TrainState.create(
+            params, state, opt_state, self.init_metrics() if self.metrics is not None else None,
+            step, rng, sharding=self.replicated)
 
     def set_learning_rate(self, ts: TrainState, value: float) -> TrainState:
         """The state with every stage's injected learning rate set to ``value``."""

@@ -61,6 +61,16 @@ class TrainState:
     step: Any
     rng: Any
 
+    @classmethod
+    def create(cls, params, state, opt_state, metrics, step=0, rng=None, *, sharding):
+        """A new state with ``step`` (int32) and ``rng`` (default ``PRNGKey(0)``) put on
+        ``sharding`` (the runner's replicated sharding)."""
+        import jax.numpy as jnp
+        return cls(params=params, state=state, opt_state=opt_state, metrics=metrics,
+                   step=jax.device_put(jnp.asarray(step, jnp.int32), sharding),
+                   rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng,
+                                      sharding))
+
     def replace(self, **changes) -> "TrainState":
         return dataclasses.replace(self, **changes)
 

@@ -11,7 +11,6 @@ import math
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
@@ -123,11 +122,9 @@ class Executor:
             opt_state = jax.jit(self.tx.init, out_shardings=self.opt_sharding)(params)
         else:
             opt_state = jax.device_put(opt_state, self.opt_sharding)
-        return TrainState(
-            params=params, state=state, opt_state=opt_state,
-            metrics=self.init_metrics() if self._packed is not None else None,
-            step=jax.device_put(jnp.asarray(step, jnp.int32), self.replicated),
-            rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng, self.replicated))
+        return TrainState.create(
+            params, state, opt_state, self.init_metrics() if self._packed is not None else None,
+            step, rng, sharding=self.replicated)
 
     def set_learning_rate(self, ts: TrainState, value: float) -> TrainState:
         """The state with its optimizer's injected learning rate set to ``value``."""

@@ -9,7 +9,6 @@ Example:
 """
 from __future__ import annotations
 
-import warnings
 import weakref
 
 import jax
@@ -162,9 +161,6 @@ class Model:
                 if layer._values is None:
                     layer._create_values = create
         return self._runner
-
-    # Older name, kept for benchmarks and tools that reach for it.
-    _get_executor = _get_runner
 
     def _create_missing_weights(self):
         """Creates the weights of layers that have none yet, inside jit, already placed

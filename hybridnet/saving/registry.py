@@ -199,6 +199,21 @@ def resolve(config: dict, custom_objects: dict | None = None, *, what: str):
         f"{HOW_TO_REGISTER}. Nothing is imported from a saved file.")
 
 
+def resolve_custom(config: dict, custom_objects: dict | None, base: type, what: str):
+    """A saved custom ``{"class_name", "config", ...}`` entry as a function (class_name
+    "function") or as an instance of a ``base`` subclass built ``from_config``."""
+    found = resolve(config, custom_objects, what=what.lower())
+    if config.get("class_name") == "function":
+        if isinstance(found, type) or not callable(found):
+            raise ValueError(f"{what} {describe(config)} resolved to {found!r}, which is not "
+                             f"a function.")
+        return found
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"{what} {describe(config)} resolved to {found!r}, which is not a "
+                         f"{base.__module__}.{base.__name__} subclass.")
+    return found.from_config(dict(config.get("config") or {}))
+
+
 def find_class(class_name: str, base: type):
     """The one registered subclass of ``base`` whose ``__name__`` is ``class_name``."""
     found = {obj for obj in list(_GLOBAL_CUSTOM_OBJECTS.values()) + list(
