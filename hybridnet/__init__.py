@@ -10,8 +10,9 @@ from hybridnet import activations, initializers, layers, losses, metrics, optimi
 from hybridnet.layers import Input
 from hybridnet.models import Model, Sequential, load_model
 from hybridnet.strategies import Shard
+from hybridnet.execution.state import TrainState
 from hybridnet import callbacks
 
 __version__ = "0.1.0"
-__all__ = ["Input", "Model", "Shard", "Sequential", "load_model", "activations", "callbacks",
+__all__ = ["Input", "Model", "Shard", "Sequential", "TrainState", "load_model", "activations", "callbacks",
            "initializers", "layers", "losses", "metrics", "optimizers", "strategies", "utils"]
