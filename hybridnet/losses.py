@@ -105,28 +105,77 @@ def reduce_values(values, sample_weight=None, reduction="sum_over_batch_size"):
             divisor = jnp.sum(sample_weight).astype(loss.dtype)
         else:
             divisor = jnp.asarray(values.size, loss.dtype)
-        loss = jnp.where(divisor != 0, loss / jnp.where(divisor != 0, divisor, 1), 0)
+        loss = safe_divide(loss, divisor)
     return loss
+
+
+def safe_divide(total, divisor):
+    """``total / divisor``, 0 where the divisor is 0 (an all-masked batch)."""
+    return jnp.where(divisor != 0, total / jnp.where(divisor != 0, divisor, 1), 0)
+
+
+def weighted_sum_and_divisor(values, sample_weight=None, mask=None,
+                             reduction="sum_over_batch_size", dtype=jnp.float32):
+    """The reduced loss as ``(weighted sum, divisor)``: ``reduce_weighted_values`` is
+    ``safe_divide(sum, divisor)``.
+
+    The sum is additive over any split of the batch; the divisor depends only on the
+    batch's shapes, sample weights and masks, never on predictions. A runner that splits
+    a batch (pipeline microbatches) adds the sums of the pieces and divides by the whole
+    batch's divisor, which gives the one-batch loss exactly.
+
+    Divisors: "sum_over_batch_size"/"mean": the number of loss elements, or with a mask
+    the number of valid ones (a `(B,)` mask of `(B, T)` losses counts `T` per valid
+    sample); "mean_with_sample_weight": the sum of the (masked) weights; "sum": 1.
+    """
+    reduction = standardize_reduction(reduction)
+    if reduction in (None, "none"):
+        raise ValueError("weighted_sum_and_divisor: the loss must be reduced. "
+                         f"Received: reduction={reduction!r}")
+    values = jnp.asarray(values, dtype)
+    weights = None if sample_weight is None else jnp.asarray(sample_weight, dtype)
+    float_mask = None
+    if mask is not None:
+        float_mask = jnp.asarray(mask).astype(dtype)
+        weights = float_mask if weights is None else jnp.multiply(
+            *_broadcast_pair(float_mask, weights))
+    if weights is not None:
+        values, weights = _broadcast_pair(values, weights)
+        values = values * weights
+    total = jnp.sum(values)
+    if reduction == "sum":
+        return total, jnp.ones((), dtype)
+    if reduction == "mean_with_sample_weight" and weights is not None:
+        return total, jnp.sum(weights)
+    size = jnp.asarray(values.size, dtype)
+    if float_mask is None or reduction == "mean_with_sample_weight":
+        return total, size
+    return total, size * jnp.sum(float_mask) / float_mask.size
 
 
 def reduce_weighted_values(values, sample_weight=None, mask=None,
                            reduction="sum_over_batch_size", dtype=jnp.float32):
-    """Weights, masks and reduces per-sample losses exactly as Keras 3 does.
+    """Weights, masks and reduces per-sample losses as Keras 3 does.
 
     "sum_over_batch_size"/"mean": sum(loss * weight) / number of loss elements
     (with a mask: / number of valid elements); "sum": sum(loss * weight);
     "mean_with_sample_weight": sum(loss * weight) / sum(weight); None: no
-    reduction.
+    reduction. See :func:`weighted_sum_and_divisor`.
     """
     reduction = standardize_reduction(reduction)
+    if reduction in (None, "none"):
+        values = jnp.asarray(values, dtype)
+        sample_weight = apply_mask(None if sample_weight is None else jnp.asarray(
+            sample_weight, dtype), mask, dtype=dtype, reduction=reduction)
+        if sample_weight is not None:
+            values, sample_weight = _broadcast_pair(values, sample_weight.astype(dtype))
+            values = values * sample_weight
+        return values
     values = jnp.asarray(values, dtype)
-    if sample_weight is not None:
-        sample_weight = jnp.asarray(sample_weight, dtype)
-    sample_weight = apply_mask(sample_weight, mask, dtype=dtype, reduction=reduction)
-    if sample_weight is not None:
-        values, sample_weight = _broadcast_pair(values, sample_weight.astype(dtype))
-        values = values * sample_weight
-    return reduce_values(values, sample_weight, reduction)
+    if values.size == 0:
+        return values
+    return safe_divide(*weighted_sum_and_divisor(values, sample_weight, mask, reduction,
+                                                 dtype))
 
 
 # --------------------------------------------------------------------------
@@ -313,6 +362,18 @@ class Loss:
             mask: boolean, `(B,)` or the loss's shape; with the mean reductions
                 the result is the mean over valid entries (Keras 3).
         """
+        values, mask = self._values_and_mask(y_true, y_pred, mask)
+        return reduce_weighted_values(values, sample_weight, mask, self.reduction, self.dtype)
+
+    def sum_and_divisor(self, y_true, y_pred, sample_weight=None, mask=None):
+        """The loss as ``(weighted sum, divisor)`` (see :func:`weighted_sum_and_divisor`):
+        the loss of a batch split into pieces is the sum of the pieces' sums divided by
+        the whole batch's divisor."""
+        values, mask = self._values_and_mask(y_true, y_pred, mask)
+        return weighted_sum_and_divisor(values, sample_weight, mask, self.reduction,
+                                        self.dtype)
+
+    def _values_and_mask(self, y_true, y_pred, mask):
         y_pred = jnp.asarray(y_pred)
         if jnp.issubdtype(y_pred.dtype, jnp.floating) and y_pred.dtype != self.dtype:
             y_pred = y_pred.astype(self.dtype)
@@ -322,7 +383,7 @@ class Loss:
             mask = m1 & m2
         elif out_mask is not None:
             mask = out_mask
-        return reduce_weighted_values(values, sample_weight, mask, self.reduction, self.dtype)
+        return values, mask
 
     def get_config(self):
         return {"name": self.name, "reduction": self.reduction}

@@ -574,8 +574,10 @@ def test_lstm_dropout_masks_shared_over_time():
     w = random_weights(layer)
     rng = jax.random.PRNGKey(7)
     out = layer.apply(w, x, training=True, rng=rng)[0]
-    # reference: one input mask (B, 1, F) and one recurrent mask (B, U) for all steps
-    k_in, k_rec = jax.random.split(rng)
+    # reference: one input mask (B, 1, F) and one recurrent mask (B, U) for all steps,
+    # from the layer's first draw of the call's key (see SeedGenerator.next)
+    draw = jax.random.fold_in(jax.random.fold_in(rng, 1), layer.seed_generator.seed)
+    k_in, k_rec = jax.random.split(draw)
     keep_x = jax.random.bernoulli(k_in, 0.5, (3, 1, 2))
     keep_h = jax.random.bernoulli(k_rec, 0.75, (3, 4)) / 0.75
     xd = jnp.where(keep_x, x / 0.5, 0.0)

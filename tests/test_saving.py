@@ -119,10 +119,11 @@ class RegisteredScale(layers.Layer):
         self.factor = factor
 
     def build(self, input_shape):
-        self.add_weight("scale", (input_shape[-1],), "ones")
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                     name="scale")
 
-    def call(self, weights, x):
-        return x * weights["scale"] * self.factor
+    def call(self, x):
+        return x * self.scale * self.factor
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
@@ -151,10 +152,11 @@ class Scale(layers.Layer):  # not registered: custom_objects only
         self.factor = factor
 
     def build(self, input_shape):
-        self.add_weight("scale", (input_shape[-1],), "ones")
+        self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+                                     name="scale")
 
-    def call(self, weights, x):
-        return x * weights["scale"] * self.factor
+    def call(self, x):
+        return x * self.scale * self.factor
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}

@@ -42,12 +42,15 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend import core as jax_core
+from jax.interpreters import partial_eval as pe
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
@@ -412,7 +415,9 @@ class PipelineExecutor:
         return constrain
 
     def _run_stage(self, st: _Stage, params, state, carried, masks_in, fresh, training, rng):
-        """Runs the stage's nodes. Returns (values out, masks out {i: mask}, new state)."""
+        """Runs the stage's nodes. Returns (values out, masks out {i: mask}, updates), the
+        updates being the non-trainable values the stage's layers assigned (layer ->
+        weight -> array, only those assigned)."""
         values = {id(t): v for t, v in zip(st.carry_in, carried)}
         values.update({id(self.graph.inputs[k]): v for k, v in zip(st.fresh, fresh)})
         masks = {id(st.carry_in[i]): m for i, m in masks_in.items()}
@@ -421,16 +426,16 @@ class PipelineExecutor:
                                        constrain=self._constrain(st))
         outs = [values[id(t)] for t in st.carry_out]
         out_masks = {i: masks[id(t)] for i, t in enumerate(st.carry_out) if id(t) in masks}
-        new_state = {layer: {w: updates.get(layer, {}).get(w, v).astype(v.dtype)
-                             for w, v in vals.items()} for layer, vals in state.items()}
-        return outs, out_masks, new_state
+        assigned = {layer: {w: v.astype(state[layer][w].dtype) for w, v in vals.items()
+                            if w in state.get(layer, {})} for layer, vals in updates.items()}
+        return outs, out_masks, {layer: vals for layer, vals in assigned.items() if vals}
 
     @staticmethod
     def _rng(key, mb):
         return jax.random.fold_in(key, mb)
 
     def _differentiable(self, st, params, state, carried, masks_in, fresh, rng, outputs_fn):
-        """``jax.vjp`` (with aux) of ``outputs_fn(outs, masks, new_state)`` of the stage
+        """``jax.vjp`` (with aux) of ``outputs_fn(outs, masks, updates)`` of the stage
         forward, w.r.t. (params, the floating-point carried inputs). The forward is
         recomputed here: rematerialisation, the stage stashes only its inputs."""
         diff = [i for i, v in enumerate(carried) if _inexact(v)]
@@ -439,21 +444,21 @@ class PipelineExecutor:
             c = list(carried)
             for i, v in zip(diff, dc):
                 c[i] = v
-            outs, out_masks, new_state = self._run_stage(st, p, state, c, masks_in, fresh,
-                                                         True, rng)
-            return outputs_fn(outs, out_masks, new_state)
+            outs, out_masks, updates = self._run_stage(st, p, state, c, masks_in, fresh,
+                                                       True, rng)
+            return outputs_fn(outs, out_masks, updates)
         return jax.vjp(f, params, [carried[i] for i in diff], has_aux=True)
 
     def _fwd_train(self, st):
         def fwd(params, state, carried, masks_in, fresh, key, mb):
-            outs, out_masks, new_state = self._run_stage(
+            outs, out_masks, updates = self._run_stage(
                 st, params, state, carried, masks_in, fresh, True, self._rng(key, mb))
-            return outs, out_masks, _constrain_tree(new_state, st.state_sharding)
+            return outs, out_masks, _constrain_tree(updates, st.state_sharding)
         return jax.jit(fwd)
 
     def _bwd_train(self, st):
         def bwd(params, state, carried, masks_in, fresh, key, mb, cot, acc):
-            def out_fn(outs, out_masks, new_state):
+            def out_fn(outs, out_masks, updates):
                 return [o for o in outs if _inexact(o)], None
             _, vjp, _ = self._differentiable(st, params, state, carried, masks_in, fresh,
                                              self._rng(key, mb), out_fn)
@@ -462,28 +467,58 @@ class PipelineExecutor:
             return g_carried, _constrain_tree(acc, st.params_sharding)
         return jax.jit(bwd, donate_argnums=(8,))
 
-    def _last_train(self, st):
-        m = self.microbatches
+    def _loss_of(self, y_true, outs, sws, masks, divisors, scale):
+        """``(loss, parts)`` of one microbatch's share of the batch loss: its weighted
+        sums over the whole batch's ``divisors``; with ``divisors=None``, its own divisors
+        times ``scale`` (the microbatch count), i.e. the mean of per-microbatch losses."""
+        sums = self.loss.sums_and_divisors(y_true, outs, sws, masks)
+        if divisors is None:
+            divisors = {name: d * scale.astype(jnp.result_type(d))
+                        for name, (_, d) in sums.items()}
+        return self.loss.combine({name: v for name, (v, _) in sums.items()}, divisors)
 
-        def last(params, state, carried, masks_in, fresh, key, mb, y, sw, acc, mstate):
+    def _track(self, mstate, loss, parts, scale, y_true, outs, sws, masks):
+        """The metrics updated with one microbatch. The loss trackers weigh a value by
+        the samples it covers: a microbatch's share of the batch loss times ``scale`` (the
+        microbatch count), over its samples, sums to the batch loss over the batch."""
+        up = lambda v: v * scale.astype(jnp.result_type(v))  # noqa: E731
+        return self._update_metrics(mstate, up(loss), {k: up(v) for k, v in parts.items()},
+                                    outs[0].shape[0], y_true, outs, sws, masks)
+
+    def _last_train(self, st):
+        def last(params, state, carried, masks_in, fresh, key, mb, y, sw, acc, mstate,
+                 divisors, scale):
             y_true = list(y)
             sws = list(sw) if sw is not None else [None] * self.num_outputs
 
-            def out_fn(outs, out_masks, new_state):
-                loss, parts = self.loss(y_true, outs, sws, [out_masks.get(i) for i in
-                                                            range(len(outs))])
-                return loss / m, (loss, parts, outs, out_masks, new_state)
+            def out_fn(outs, out_masks, updates):
+                masks = [out_masks.get(i) for i in range(len(outs))]
+                loss, parts = self._loss_of(y_true, outs, sws, masks, divisors, scale)
+                return loss, (loss, parts, outs, masks, updates)
             _, vjp, aux = self._differentiable(st, params, state, carried, masks_in, fresh,
                                                self._rng(key, mb), out_fn)
-            loss, parts, outs, out_masks, new_state = aux
+            loss, parts, outs, masks, updates = aux
             g_params, g_carried = vjp(jnp.ones((), jnp.result_type(loss)))
             acc = jax.tree_util.tree_map(jnp.add, acc, g_params)
-            n = outs[0].shape[0]
-            mstate = self._update_metrics(mstate, loss, parts, n, y_true, outs, sws,
-                                          [out_masks.get(i) for i in range(len(outs))])
+            mstate = self._track(mstate, loss, parts, scale, y_true, outs, sws, masks)
             return (g_carried, _constrain_tree(acc, st.params_sharding),
-                    _constrain_tree(new_state, st.state_sharding), mstate)
+                    _constrain_tree(updates, st.state_sharding), mstate)
         return jax.jit(last, donate_argnums=(9, 10))
+
+    def _merge_updates(self, st):
+        """One update of the stage's non-trainable weights from those its microbatches
+        assigned, each from the step's initial values (see :func:`merge_microbatch_updates`)."""
+        layers = {node.layer.name: node.layer for node in self.graph.nodes}
+
+        def merge(state, per_microbatch):
+            new = {layer: dict(values) for layer, values in state.items()}
+            for name in per_microbatch[0]:
+                merged = merge_microbatch_updates(layers[name], state[name],
+                                                  [u[name] for u in per_microbatch])
+                new[name].update({w: v.astype(state[name][w].dtype)
+                                  for w, v in merged.items()})
+            return _constrain_tree(new, st.state_sharding)
+        return jax.jit(merge)
 
     def _update_metrics(self, flat, *args):
         return self._packed.update(flat, *args)
@@ -501,7 +536,8 @@ class PipelineExecutor:
         return jax.jit(apply, donate_argnums=(0, 1, 2))
 
     def _fwd_eval(self, st, is_last, predict):
-        def fwd(params, state, carried, masks_in, fresh, y, sw, mstate):
+        def fwd(params, state, carried, masks_in, fresh, y, sw, mstate, divisors=None,
+                scale=None):
             outs, out_masks, _ = self._run_stage(st, params, state, carried, masks_in, fresh,
                                                  False, None)
             if not is_last or predict:
@@ -509,9 +545,8 @@ class PipelineExecutor:
             y_true = list(y)
             sws = list(sw) if sw is not None else [None] * self.num_outputs
             masks = [out_masks.get(i) for i in range(len(outs))]
-            loss, parts = self.loss(y_true, outs, sws, masks)
-            return self._update_metrics(mstate, loss, parts, outs[0].shape[0], y_true, outs,
-                                        sws, masks)
+            loss, parts = self._loss_of(y_true, outs, sws, masks, divisors, scale)
+            return self._track(mstate, loss, parts, scale, y_true, outs, sws, masks)
         return jax.jit(fwd, donate_argnums=(7,) if is_last and not predict else ())
 
     def _program(self, kind: str, s: int):
@@ -522,6 +557,7 @@ class PipelineExecutor:
             build = {"fwd": lambda: self._fwd_train(st), "bwd": lambda: self._bwd_train(st),
                      "last": lambda: self._last_train(st),
                      "apply": lambda: self._apply(st, is_last),
+                     "merge": lambda: self._merge_updates(st),
                      "eval": lambda: self._fwd_eval(st, is_last, False),
                      "predict": lambda: self._fwd_eval(st, is_last, True),
                      "norm": lambda: jax.jit(lambda acc: sum(
@@ -598,6 +634,62 @@ class PipelineExecutor:
         del what
         return self.microbatches if batch_size % self.microbatches == 0 else 1
 
+    # ---------------------------------------------------------------- loss normaliser
+    def _scale(self, m: int):
+        """The microbatch count as a float32 scalar on the last stage (cached)."""
+        key = ("scale", m)
+        if key not in self._compiled:
+            self._compiled[key] = jax.device_put(np.float32(m), self.stages[-1].replicated)
+        return self._compiled[key]
+
+    def _divisors(self, ts, xs, y, sw, m: int):
+        """Output name -> the divisor of its loss over the whole batch, on the last stage;
+        None when the batch runs as one microbatch (its own divisors are the batch's).
+
+        Divisors depend on shapes, targets, sample weights and the outputs' masks, never on
+        weights (see ``losses.weighted_sum_and_divisor``): one small program computes them
+        before any microbatch runs, the masks from the model inputs they derive from.
+        """
+        if m == 1 or self.loss is None:
+            return None
+        key = ("divisors", tuple((np.shape(a), str(jnp.result_type(a))) for a in xs))
+        if key not in self._compiled:
+            self._compiled[key] = self._divisor_program(ts, xs)
+        if self._compiled[key] is None:
+            return None
+        fn, used = self._compiled[key]
+        sw = [None] * self.num_outputs if sw is None else sw
+        return fn(*jax.device_put(([xs[i] for i in used], y, sw), self.stages[-1].replicated))
+
+    def _divisor_program(self, ts, xs):
+        """``(jitted fn(used inputs, targets, sample weights) -> divisors, indices of the
+        model inputs it reads)``; None (with a warning) when the outputs' masks depend on
+        weights, in which case each microbatch is normalised by its own divisors."""
+        abstract = lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.result_type(a))  # noqa
+        weights = jax.tree_util.tree_map(abstract, _merge(ts.params, ts.state))
+        inputs = [abstract(a) for a in xs]
+
+        def run(w, x):
+            outs, masks, _ = self.graph.run(w, list(x), training=False)
+            return outs, masks
+        outs, masks = jax.eval_shape(run, weights, inputs)
+        masks_of, used = (lambda _: [None] * len(outs)), []
+        if any(mk is not None for mk in masks):
+            found = _weight_free(lambda w, x: run(w, x)[1], weights, inputs)
+            if found is None:
+                warnings.warn("Pipeline: the masks of the model outputs depend on weights, "
+                              "so a masked loss is averaged per microbatch (not over the "
+                              "batch's valid entries) and differs from the one-device loss.",
+                              stacklevel=4)
+                return None
+            masks_of, used = found
+
+        def divisors(x, y, sw):
+            preds = [jnp.zeros(o.shape, o.dtype) for o in outs]
+            sums = self.loss.sums_and_divisors(list(y), preds, list(sw), list(masks_of(x)))
+            return {name: d for name, (_, d) in sums.items()}
+        return jax.jit(divisors, out_shardings=self.stages[-1].replicated), used
+
     # ------------------------------------------------------------------------ train
     def _take_acc(self, params_parts):
         acc, self._acc = self._acc, None
@@ -615,10 +707,10 @@ class PipelineExecutor:
         params = self._by_stage(ts.params)
         state = self._by_stage(ts.state)
         opt = list(self._split_opt(ts.opt_state, ts.params))
-        xs = self._split_batch(xs, m)
-        ys = self._split_batch(_as_list(y, self.num_outputs, "targets"), m)
-        sws = None if sw is None else self._split_batch(
-            _as_list(sw, self.num_outputs, "sample weights"), m)
+        y = _as_list(y, self.num_outputs, "targets")
+        sw = None if sw is None else _as_list(sw, self.num_outputs, "sample weights")
+        divisors, scale = self._divisors(ts, xs, y, sw, m), self._scale(m)
+        xs, ys, sws = (self._split_batch(a, m) for a in (xs, y, sw))
         key = self._program("key", p - 1)(ts.rng, ts.step)
         keys = [key if s == p - 1 else jax.device_put(key, st.replicated)
                 for s, st in enumerate(stages)]
@@ -626,6 +718,7 @@ class PipelineExecutor:
         mstate = ts.metrics
         carried = [dict() for _ in stages]   # stage -> mb -> (values, masks)
         fresh = [dict() for _ in stages]
+        updates = [dict() for _ in stages]   # stage -> mb -> non-trainable values assigned
         cots = [dict() for _ in stages]      # stage -> mb -> cotangents of its outputs
         busy = [0.0] * p
 
@@ -639,17 +732,17 @@ class PipelineExecutor:
             idx = self._mb_index[s][j]
             if kind == "F" and s < p - 1:
                 vals, masks, fr = inputs_of(s, j)
-                outs, out_masks, state[s] = self._call("fwd", s, params[s], state[s], vals,
-                                                       masks, fr, keys[s], idx)
+                outs, out_masks, updates[s][j] = self._call("fwd", s, params[s], state[s],
+                                                            vals, masks, fr, keys[s], idx)
                 carried[s + 1][j] = self._send(outs, out_masks, s + 1, mb)
                 result = outs
             elif kind == "F":
                 vals, masks, fr = inputs_of(s, j)
                 yj = self._put_batch(ys, last, j)
                 swj = self._put_batch(sws, last, j)
-                cot, acc[s], state[s], mstate = self._call(
+                cot, acc[s], updates[s][j], mstate = self._call(
                     "last", s, params[s], state[s], vals, masks, fr, keys[s], idx, yj, swj,
-                    acc[s], mstate)
+                    acc[s], mstate, divisors, scale)
                 carried[s].pop(j, None), fresh[s].pop(j, None)
                 if s > 0:
                     cots[s - 1][j] = self._send(cot, None, s - 1, mb)
@@ -668,6 +761,10 @@ class PipelineExecutor:
                 jax.block_until_ready(result)
                 busy[s] += time.perf_counter() - t0
                 profile.append((s, j, kind, t0, time.perf_counter()))
+        for s in range(p):
+            if any(updates[s].values()):
+                state[s] = self._call("merge", s, state[s],
+                                      [updates[s][j] for j in sorted(updates[s])])
         scale = [None] * p
         if self.global_clipnorm:
             sq = [jax.device_put(self._program("norm", s)(a), last.replicated)
@@ -736,11 +833,12 @@ class PipelineExecutor:
         self._current_mb = mb
         p, stages, last = self.num_stages, self.stages, self.stages[-1]
         params, state = self._by_stage(ts.params), self._by_stage(ts.state)
-        xs = self._split_batch(xs, m)
-        ys = None if y is None else self._split_batch(
-            _as_list(y, self.num_outputs, "targets"), m)
-        sws = None if sw is None else self._split_batch(
-            _as_list(sw, self.num_outputs, "sample weights"), m)
+        divisors = scale = None
+        if kind == "eval":
+            y = _as_list(y, self.num_outputs, "targets")
+            sw = None if sw is None else _as_list(sw, self.num_outputs, "sample weights")
+            divisors, scale = self._divisors(ts, xs, y, sw, m), self._scale(m)
+        xs, ys, sws = (self._split_batch(a, m) for a in (xs, y, sw))
         carried = [dict() for _ in stages]
         outputs = []
         for s, j, _ in (e for e in schedule_events(p, m, "gpipe") if e[2] == "F"):
@@ -759,7 +857,7 @@ class PipelineExecutor:
                 yj = self._put_batch(ys, last, j)
                 swj = self._put_batch(sws, last, j)
                 mstate = self._call(kind, s, params[s], state[s], vals, masks, fr, yj, swj,
-                                    mstate)
+                                    mstate, divisors, scale)
         if kind == "predict":
             return outputs[0] if m == 1 else self._program("concat", p - 1)(outputs)
         return mstate
@@ -818,6 +916,43 @@ class PipelineExecutor:
         return rows
 
 
+def merge_microbatch_updates(layer, old: dict, updates: list) -> dict:
+    """One step's update of ``layer``'s non-trainable weights from the values each
+    microbatch assigned (each starting from ``old``): the layer's own
+    ``merge_microbatch_updates(old, updates)`` when it has one (BatchNormalization
+    combines its moving statistics), else the mean over microbatches."""
+    hook = getattr(layer, "merge_microbatch_updates", None)
+    if hook is not None:
+        return hook(old, updates)
+    if len(updates) == 1:
+        return dict(updates[0])
+    out = {}
+    for w in updates[0]:
+        stacked = jnp.stack([u[w] for u in updates])
+        out[w] = jnp.mean(stacked.astype(jnp.promote_types(stacked.dtype, jnp.float32)), 0)
+    return out
+
+
+def _weight_free(fn, weights, inputs):
+    """``fn(weights, inputs)`` as a function of only the inputs it reads, if it reads no
+    weight: ``(g(read inputs), indices of the read inputs)``; else None. Found by dead-code
+    elimination of its jaxpr, so ``g`` computes nothing ``fn``'s result does not need."""
+    closed, shape = jax.make_jaxpr(fn, return_shape=True)(weights, inputs)
+    n_weights = len(jax.tree_util.tree_leaves(weights))
+    kept, used_consts, used = pe.dce_jaxpr_consts(closed.jaxpr,
+                                                  [True] * len(closed.jaxpr.outvars))
+    if any(used[:n_weights]):
+        return None
+    consts = [c for c, u in zip(closed.consts, used_consts) if u]
+    read = [i for i, u in enumerate(used[n_weights:]) if u]
+    run = jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(kept, consts))
+    tree = jax.tree_util.tree_structure(shape)
+
+    def g(values):
+        return jax.tree_util.tree_unflatten(tree, run(*values))
+    return g, read
+
+
 def _per_device_bytes(a) -> int:
     """Bytes of one device's shard of an abstract array."""
     try:
@@ -827,5 +962,5 @@ def _per_device_bytes(a) -> int:
     return int(np.prod(shape)) * jnp.dtype(a.dtype).itemsize
 
 
-__all__ = ["PipelineExecutor", "schedule_events", "schedule_ticks",
+__all__ = ["PipelineExecutor", "merge_microbatch_updates", "schedule_events", "schedule_ticks",
            "peak_inflight_microbatches", "bubble_fraction", "SCHEDULES"]

@@ -1,15 +1,27 @@
-"""Keras-named layers. Every layer is configuration plus pure ``build``/``call``."""
+"""Keras-named layers, all written to Keras 3's layer contract (``build`` + ``add_weight``,
+``call(self, inputs)``)."""
 from hybridnet.layers.base import Input, InputLayer, KerasTensor, Layer, Node, WeightSpec, init_weights
-from hybridnet.layers.core import Activation, Dense, Dropout, Flatten, Reshape
-from hybridnet.layers.attention import Attention
-from hybridnet.layers.conv import Conv2D
+from hybridnet.layers.core import Activation, Dense, Dropout, Flatten, Lambda, Reshape
+from hybridnet.layers.attention import Attention, MultiHeadAttention
+from hybridnet.layers.conv import Conv1D, Conv2D, Conv2DTranspose, DepthwiseConv2D, SeparableConv2D
+from hybridnet.layers.activation_layers import LeakyReLU, ReLU, Softmax
+from hybridnet.layers.core import Masking
+from hybridnet.layers.preprocessing import Normalization, Rescaling
+from hybridnet.layers.regularization import (GaussianDropout, GaussianNoise, SpatialDropout1D,
+                                             SpatialDropout2D)
 from hybridnet.layers.embedding import Embedding
-from hybridnet.layers.merging import Add, Average, Concatenate, Multiply
+from hybridnet.layers.merging import (Add, Average, Concatenate, Maximum, Minimum, Multiply,
+                                      Subtract, add, average, concatenate, maximum, minimum,
+                                      multiply, subtract)
 from hybridnet.layers.normalization import BatchNormalization, LayerNormalization
 from hybridnet.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
                                       MaxPooling2D)
-from hybridnet.layers.recurrent import LSTM, Bidirectional
+from hybridnet.layers.pooling import (AveragePooling1D, GlobalAveragePooling1D, GlobalMaxPooling1D,
+                                      MaxPooling1D)
+from hybridnet.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from hybridnet.layers.reshaping import ZeroPadding2D
+from hybridnet.layers.reshaping import Cropping2D, Permute, RepeatVector, UpSampling2D
+from hybridnet.layers.wrappers import TimeDistributed
 
 _REGISTRY: dict[str, type] = {}
 
@@ -42,5 +54,10 @@ def get_layer_class(class_name: str) -> type:
 for _cls in [InputLayer, Activation, Dense, Dropout, Flatten, Reshape,
              Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
              ZeroPadding2D, BatchNormalization, LayerNormalization, Embedding, LSTM,
-             Bidirectional, Add, Concatenate, Multiply, Average, Attention]:
+             Bidirectional, Add, Concatenate, Multiply, Average, Subtract, Maximum, Minimum,
+             Attention, Lambda, GRU, SimpleRNN, TimeDistributed, MultiHeadAttention,
+             Conv1D, Conv2DTranspose, SeparableConv2D, DepthwiseConv2D, UpSampling2D, Cropping2D,
+             RepeatVector, Permute, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+             GlobalMaxPooling1D, Masking, ReLU, LeakyReLU, Softmax, Rescaling, Normalization,
+             SpatialDropout1D, SpatialDropout2D, GaussianNoise, GaussianDropout]:
     register_layer(_cls)

@@ -1,42 +1,33 @@
 """The Layer base class, symbolic tensors and graph nodes.
 
-A layer is configuration plus two pure pieces:
+A layer follows Keras 3's contract:
 
-* ``build(input_shape)`` declares weights with ``add_weight`` (shapes, initialisers,
-  logical axes) and computes nothing on devices;
-* ``call(weights, inputs, ...)`` maps a dict of weight arrays and inputs to outputs.
+* ``build(input_shape)`` creates weights with ``self.add_weight(shape=, initializer=,
+  trainable=, name=)`` (plus optional logical ``axes`` for the planner);
+* ``call(self, inputs, training=None, mask=None)`` computes with them (``self.kernel``
+  is a :class:`~hybridnet.variables.Variable` and behaves like an array).
 
-Layers know nothing of devices or meshes: the planner decides placement from
-the declared shapes and logical axes.
+Underneath it stays pure: :meth:`Layer.apply` runs ``call`` inside a
+:class:`~hybridnet.variables.StatelessScope` that binds every weight to the value a
+compiled step passes in and collects assignments (BatchNormalization's moving
+statistics), as Keras 3's JAX backend does. Layers know nothing of devices or meshes:
+the planner decides placement from the weights' shapes and logical axes.
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from hybridnet import initializers, utils
+from hybridnet.variables import SeedGenerator, StatelessScope, Variable, current_scope
 
 Shape = tuple  # tuple of int | None, batch dimension first
-
-
-@dataclasses.dataclass(frozen=True)
-class WeightSpec:
-    """A declared weight: what ``build`` promises, before any array exists."""
-    name: str
-    shape: tuple[int, ...]
-    dtype: Any
-    initializer: Callable
-    trainable: bool = True
-    axes: tuple[str | None, ...] | None = None  # logical axis names, e.g. ("embed", "mlp")
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * jnp.dtype(self.dtype).itemsize
+WeightSpec = Variable  # a declared weight: shape, dtype, initializer, trainable, axes
 
 
 class KerasTensor:
@@ -97,116 +88,207 @@ def shape_of(tree):
     return tuple(tree.shape)
 
 
-class Layer:
-    """Base class of every layer.
+_NOT_TRACKED = frozenset({"_inbound_nodes", "_tracked", "_own_variables", "_seed_generators"})
 
-    Subclasses implement ``build(input_shape)`` (declaring weights with
-    :meth:`add_weight`), ``call(weights, inputs, ...)`` and, where it cannot be
-    derived by tracing, ``compute_output_shape(input_shape)``. ``call`` may take
-    keyword-only ``training``, ``rng`` and ``mask``; they are passed only if named.
+
+def _contains_layer(value) -> bool:
+    if isinstance(value, Layer):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_contains_layer(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_layer(v) for v in value.values())
+    return False
+
+
+def _abstract(tree, batch: int):
+    """KerasTensors -> ShapeDtypeStructs with every unknown dimension set to ``batch``."""
+    return jax.tree_util.tree_map(
+        lambda t: jax.ShapeDtypeStruct(tuple(batch if d is None else d for d in t.shape),
+                                       t.dtype) if isinstance(t, KerasTensor) else t,
+        tree, is_leaf=lambda t: isinstance(t, KerasTensor))
+
+
+class Layer:
+    """Base class of every layer, with Keras 3's contract.
+
+    Subclasses create weights in ``build(input_shape)`` with :meth:`add_weight` and
+    compute in ``call(self, inputs, training=None, mask=None)``; ``compute_output_shape``
+    is derived by tracing ``call`` unless a subclass defines it. Layers assigned as
+    attributes (``self.dense = Dense(8)``) are tracked: their weights are part of this
+    layer's. Random draws use ``hybridnet.random`` with a
+    :class:`~hybridnet.variables.SeedGenerator` made in ``__init__``.
 
     Example:
         >>> class Scale(Layer):
         ...     def build(self, input_shape):
-        ...         self.add_weight("scale", (input_shape[-1],), "ones")
-        ...     def call(self, weights, x):
-        ...         return x * weights["scale"]
+        ...         self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones",
+        ...                                      name="scale")
+        ...     def call(self, inputs):
+        ...         return inputs * self.scale
     """
 
     supports_masking = False
-    stateful = False  # True if ``apply`` returns updates to non-trainable weights
     _call_kwargs: frozenset = frozenset()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         params = inspect.signature(cls.call).parameters
-        cls._call_kwargs = frozenset(k for k in ("training", "rng", "mask") if k in params)
+        names = list(params)
+        if len(names) > 1 and names[1] == "weights" and cls.__module__.startswith("hybridnet"):
+            raise TypeError(f"{cls.__name__}.call takes (self, inputs, ...), as in Keras.")
+        cls._call_kwargs = frozenset(k for k in ("training", "mask") if k in params)
+        cls._accepts_any_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
 
     def __init__(self, *, name: str | None = None, dtype="float32", trainable: bool = True,
                  input_shape=None, batch_size: int | None = None, input_dim: int | None = None,
-                 parallel: Any = "data", stage: int | None = None, **kwargs):
+                 batch_input_shape=None, autocast: bool = True, parallel: Any = "data",
+                 stage: int | None = None, **kwargs):
+        object.__setattr__(self, "_tracked", {})
+        object.__setattr__(self, "_own_variables", {})
+        object.__setattr__(self, "_seed_generators", [])
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword arguments "
                             f"{sorted(kwargs)}. Received: {kwargs!r}")
         self.name = name or utils.unique_name(utils.snake_case(type(self).__name__))
-        self.dtype = jnp.dtype(dtype or "float32")
-        self.trainable = trainable
+        if isinstance(dtype, dict):  # a Keras DTypePolicy config
+            dtype = dtype.get("config", {}).get("name", "float32")
+        self.dtype = jnp.dtype(getattr(dtype, "name", dtype) or "float32")
+        self._trainable = bool(trainable)
         self.parallel = parallel
         if stage is not None and (not isinstance(stage, int) or stage < 0):
             raise ValueError(f"Layer '{self.name}': `stage` must be a non-negative int. "
                              f"Received: stage={stage!r}")
         self.stage = stage
+        if batch_input_shape is not None and input_shape is None:
+            batch_size, input_shape = batch_input_shape[0], batch_input_shape[1:]
         if input_dim is not None and input_shape is None:
             input_shape = (input_dim,)
         self._input_shape_arg = tuple(input_shape) if input_shape is not None else None
         self._batch_size_arg = batch_size
         self.built = False
         self.input_shape: Shape | list | None = None
-        self.weight_specs: dict[str, WeightSpec] = {}
         self._inbound_nodes: list[Node] = []
         self._seed = utils.next_seed()  # this layer's initialisers draw from it
-        # The weight values (weight name -> array), shared by every model using the layer.
-        self._values: dict | None = None
         # Weak callback a model leaves so a read before any training creates the weights
         # where its plan places them (sharded), instead of whole on one device.
         self._create_values = None
 
+    def __setattr__(self, name, value):
+        tracked = self.__dict__.get("_tracked")
+        if tracked is not None and name not in _NOT_TRACKED:
+            if _contains_layer(value):
+                tracked[name] = value
+            else:
+                tracked.pop(name, None)
+            if isinstance(value, SeedGenerator):
+                self._seed_generators.append(value)
+        object.__setattr__(self, name, value)
+
     # ----------------------------------------------------------------- build
-    def add_weight(self, name: str, shape, initializer="glorot_uniform", *, trainable: bool = True,
-                   dtype=None, axes=None) -> WeightSpec:
-        """Declares a weight; no array is created here."""
-        shape = tuple(int(d) for d in shape)
-        if axes is not None and len(axes) != len(shape):
-            raise ValueError(f"Layer '{self.name}': weight '{name}' has {len(shape)} dims but "
-                             f"{len(axes)} axis names. Received: axes={axes!r}")
-        spec = WeightSpec(name, shape, jnp.dtype(dtype or self.dtype),
-                          initializers.get(initializer, owner=f"Layer '{self.name}'"),
-                          trainable=trainable,
-                          axes=tuple(axes) if axes is not None else None)
-        self.weight_specs[name] = spec
-        return spec
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable: bool = True,
+                   autocast: bool = True, regularizer=None, constraint=None,
+                   aggregation: str = "none", overwrite_with_gradient: bool = False,
+                   name: str | None = None, *, axes=None) -> Variable:
+        """Creates a weight and returns it, as ``keras.layers.Layer.add_weight``.
+
+        ``axes`` (optional) names a logical axis per dimension (``("embed", "mlp")``); the
+        planner shards weights by them (e.g. ``ModelParallel`` splits ``"mlp"``).
+        """
+        owner = f"Layer '{self.name}'"
+        if isinstance(shape, str):
+            raise TypeError(f"{owner}: add_weight takes (shape, initializer, dtype, trainable, "
+                            f"..., name=), as in Keras. Received: shape={shape!r}")
+        for arg, value in (("regularizer", regularizer), ("constraint", constraint)):
+            if value is not None:
+                raise NotImplementedError(f"{owner}: add_weight does not support `{arg}` yet. "
+                                          f"Received: {arg}={value!r}")
+        shape = () if shape is None else tuple(int(d) for d in shape)
+        dtype = jnp.dtype(getattr(dtype, "name", dtype) or self.dtype)
+        if initializer is None:
+            initializer = "glorot_uniform" if jnp.issubdtype(dtype, jnp.floating) else "zeros"
+        if name is None:
+            name = "variable"
+        base, i = name, 1
+        while name in self._own_variables:
+            name, i = f"{base}_{i}", i + 1
+        var = Variable(shape, dtype, initializers.get(initializer, owner=owner), name=name,
+                       trainable=trainable, axes=axes,
+                       seed=(self._seed, len(self._own_variables)))
+        var.path = f"{self.name}/{name}"
+        var._materialize = self._materialize_values
+        self._own_variables[name] = var
+        return var
 
     def build(self, input_shape) -> None:
-        """Declares the layer's weights for ``input_shape`` (batch dimension first)."""
+        """Creates the layer's weights for ``input_shape`` (batch dimension first)."""
 
-    def _maybe_build(self, input_shape) -> None:
-        if not self.built:
-            self.input_shape = input_shape
+    def _maybe_build(self, input_shape, arg_shapes=None) -> None:
+        if self.built:
+            return
+        self.input_shape = input_shape
+        params = [p for p in inspect.signature(self.build).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if arg_shapes is not None and len(params) > 1 and len(arg_shapes) > 1:
+            self.build(*arg_shapes[:len(params)])
+        else:
             self.build(input_shape)
-            self.built = True
+        self.built = True
 
     # -------------------------------------------------------------- compute
-    def call(self, weights, inputs, **kwargs):
+    def call(self, inputs, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.call")
 
-    def apply(self, weights: dict, inputs, *, training: bool = False, rng=None, mask=None,
-              **kwargs):
-        """Pure forward pass. Returns ``(outputs, updates)`` where ``updates`` holds
-        new values of non-trainable weights (empty for stateless layers)."""
-        if "training" in self._call_kwargs:
-            kwargs["training"] = training
-        if "rng" in self._call_kwargs:
-            kwargs["rng"] = rng
-        if "mask" in self._call_kwargs and mask is not None:
+    def _call_arguments(self, kwargs: dict, training, mask) -> dict:
+        if "training" in self._call_kwargs and kwargs.get("training") is None:
+            kwargs["training"] = bool(training)
+        elif "training" not in self._call_kwargs and not self._accepts_any_kwargs:
+            kwargs.pop("training", None)
+        if mask is not None and ("mask" in self._call_kwargs or self._accepts_any_kwargs):
             kwargs["mask"] = mask
-        out = self.call(weights, inputs, **kwargs)
-        if self.stateful:
-            return out
-        return out, {}
+        return kwargs
 
-    def compute_output_shape(self, input_shape):
-        """Output shape(s), found by tracing ``call`` with abstract arrays."""
-        def concrete(shape):
-            if isinstance(shape, list):
-                return [concrete(s) for s in shape]
-            if any(d is None for d in shape[1:]):
-                raise NotImplementedError(
-                    f"{type(self).__name__} must implement compute_output_shape for "
-                    f"inputs with unknown non-batch dimensions; received {shape}")
-            return jax.ShapeDtypeStruct((1,) + tuple(shape[1:]), self.dtype)
-        weights = {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in self.weight_specs.items()}
-        out = jax.eval_shape(lambda w, x: self.apply(w, x)[0], weights, concrete(input_shape))
-        return jax.tree_util.tree_map(lambda s: (None,) + tuple(s.shape[1:]), out)
+    def apply(self, weights: dict, *args, training: bool = False, rng=None, mask=None,
+              **kwargs):
+        """Pure forward pass: ``call`` with every weight bound to ``weights[path]``.
+
+        Returns ``(outputs, updates)``; ``updates`` maps weight paths to the values the
+        call assigned (e.g. BatchNormalization's moving statistics in training).
+        """
+        if not self.built:
+            self._build_from_arrays(args, kwargs)
+        variables = self._variables_by_path()
+        scope = StatelessScope(rng=rng, training=training)
+        for path, var in variables.items():
+            if path in weights:
+                scope.bind(var, weights[path])
+        with scope:
+            out = self.call(*args, **self._call_arguments(dict(kwargs), training, mask))
+        updates = {}
+        for path, var in variables.items():
+            new = scope.new_value(var)
+            if new is not None:
+                updates[path] = new
+        return out, updates
+
+    def compute_output_shape(self, *input_shapes):
+        """Output shape(s), found by tracing ``call`` (unknown dimensions stay None)."""
+        args = [KerasTensor(s, self.dtype) if not isinstance(s, list) else
+                [KerasTensor(t, self.dtype) for t in s] for s in input_shapes]
+        return jax.tree_util.tree_map(lambda t: t.shape, self._trace_outputs(args, {}),
+                                      is_leaf=lambda t: isinstance(t, KerasTensor))
+
+    def _trace_outputs(self, args, kwargs):
+        """Output KerasTensors (without nodes) of calling on symbolic ``args``, found by
+        tracing ``call`` twice with different sizes for the unknown dimensions."""
+        def run(a, k):
+            with StatelessScope(abstract=True, training=False):
+                return self.call(*a, **self._call_arguments(dict(k), False, None))
+        outs = [jax.eval_shape(run, _abstract(args, b), _abstract(kwargs, b)) for b in (83, 89)]
+        return jax.tree_util.tree_map(
+            lambda s1, s2: KerasTensor(tuple(d1 if d1 == d2 else None
+                                             for d1, d2 in zip(s1.shape, s2.shape)), s1.dtype),
+            outs[0], outs[1])
 
     def compute_output_dtype(self, input_dtype):
         return self.dtype
@@ -217,93 +299,259 @@ class Layer:
 
     # -------------------------------------------------------------- symbolic
     def __call__(self, *args, **kwargs):
-        if not _is_symbolic((args, kwargs)):
-            return self._call_eager(*args, **kwargs)
+        if _is_symbolic((args, kwargs)):
+            return self._call_symbolic(args, kwargs)
+        scope = current_scope()
+        if scope is not None:
+            return self._call_in_scope(scope, args, kwargs)
+        return self._call_eager(*args, **kwargs)
+
+    def _call_symbolic(self, args, kwargs):
         inputs = args[0]
         input_shape = shape_of(inputs)
         self._check_input(input_shape)
-        self._maybe_build(input_shape)
-        out_shape = self.compute_output_shape(input_shape)
+        self._maybe_build(input_shape, [shape_of(a) for a in args
+                                        if _is_symbolic(a)])
         node = Node(self, args, kwargs, None)
-        first = _symbolic_leaves(inputs)[0]
-        dtype = self.compute_output_dtype(first.dtype)
-
         counter = iter(range(1 << 30))
+        if type(self).compute_output_shape is not Layer.compute_output_shape:
+            first = _symbolic_leaves(inputs)[0]
+            dtype = self.compute_output_dtype(first.dtype)
+            shapes = self.compute_output_shape(input_shape)
 
-        def make(shape_tree):
-            if isinstance(shape_tree, list):
-                return [make(s) for s in shape_tree]
-            return KerasTensor(shape_tree, dtype, node=node, index=next(counter))
-        node.outputs = make(out_shape)
+            def make(shape_tree):
+                if isinstance(shape_tree, list):
+                    return [make(s) for s in shape_tree]
+                return KerasTensor(shape_tree, dtype, node=node, index=next(counter))
+            node.outputs = make(shapes)
+        else:
+            def attach(t):
+                return KerasTensor(t.shape, t.dtype, node=node, index=next(counter))
+            node.outputs = jax.tree_util.tree_map(
+                attach, self._trace_outputs(list(args), dict(kwargs)),
+                is_leaf=lambda t: isinstance(t, KerasTensor))
+            if isinstance(node.outputs, tuple):
+                node.outputs = list(node.outputs)
         self._inbound_nodes.append(node)
         return node.outputs
 
     def _check_input(self, input_shape) -> None:
         """Hook for layers to validate input rank/shape with a clear message."""
 
-    def _call_eager(self, inputs, training: bool = False, **kwargs):
+    def _node_at(self, index: int, what: str) -> "Node":
+        if not self._inbound_nodes:
+            raise AttributeError(f"Layer '{self.name}' has never been called and thus has no "
+                                 f"defined {what}.")
+        if not -len(self._inbound_nodes) <= index < len(self._inbound_nodes):
+            raise ValueError(f"Layer '{self.name}': asked for node {index} but the layer has "
+                             f"{len(self._inbound_nodes)} inbound nodes.")
+        return self._inbound_nodes[index]
+
+    @property
+    def input(self):
+        """The symbolic input of the layer's first call (Keras: node 0)."""
+        return self._node_at(0, "input").args[0]
+
+    @property
+    def output(self):
+        """The symbolic output of the layer's first call (for feature extraction)."""
+        return self._node_at(0, "output").outputs
+
+    def get_input_at(self, node_index: int):
+        return self._node_at(node_index, "input").args[0]
+
+    def get_output_at(self, node_index: int):
+        return self._node_at(node_index, "output").outputs
+
+    @staticmethod
+    def _shape_tree(tree):
+        return jax.tree_util.tree_map(lambda a: (None,) + tuple(a.shape[1:]), tree,
+                                      is_leaf=lambda a: hasattr(a, "shape"))
+
+    def _call_in_scope(self, scope: StatelessScope, args, kwargs):
+        """Called from another layer's ``call`` while a step (or a shape trace) runs: the
+        enclosing scope binds this layer's weights."""
+        if not self.built:
+            shape = self._shape_tree(args[0])
+            self._check_input(shape)
+            self._maybe_build(shape, [self._shape_tree(a) for a in args])
+        mask = kwargs.pop("mask", None)
+        training = kwargs.pop("training", None)
+        if training is None:
+            training = scope.training
+        return self.call(*args, **self._call_arguments(kwargs, training, mask))
+
+    def _call_eager(self, *args, training: bool | None = None, **kwargs):
         """Calls the layer on arrays, creating its own weights on first use. In training
-        mode a stochastic layer draws a fresh key from the global seed sequence (pass
-        ``rng=`` to choose it)."""
-        x_shape = jax.tree_util.tree_map(lambda a: (None,) + tuple(a.shape[1:]), inputs,
-                                         is_leaf=lambda a: hasattr(a, "shape"))
-        self._check_input(x_shape)
-        self._maybe_build(x_shape)
-        if training and "rng" in self._call_kwargs and kwargs.get("rng") is None:
-            kwargs["rng"] = utils.next_rng_key()
-        out, _ = self.apply(self._weight_values(), inputs, training=training, **kwargs)
+        mode random draws come from the global seed sequence and assignments (moving
+        statistics) update the weights, as in Keras."""
+        if self.built:
+            self._check_input(self._shape_tree(args[0]))
+        else:
+            self._build_from_arrays(args, kwargs)
+        values = self._weight_values()
+        mask = kwargs.pop("mask", None)
+        out, updates = self.apply(values, *args, training=bool(training),
+                                  rng=utils.next_rng_key() if training else None, mask=mask,
+                                  **kwargs)
+        variables = self._variables_by_path()
+        for path, value in updates.items():
+            variables[path].assign(value)
         return out
+
+    def _build_from_arrays(self, args, kwargs):
+        shape = self._shape_tree(args[0])
+        self._check_input(shape)
+        self._maybe_build(shape, [self._shape_tree(a) for a in args])
+        if not self._own_variables and self._tracked:
+            self._build_by_tracing(args, kwargs)
+
+    def _build_by_tracing(self, args, kwargs):
+        """Builds tracked sublayers that are created in ``__init__`` and built on first call."""
+        abstract = jax.tree_util.tree_map(
+            lambda a: KerasTensor(self._shape_tree(a), a.dtype)
+            if hasattr(a, "shape") and hasattr(a, "dtype") else a, (args, kwargs),
+            is_leaf=lambda a: hasattr(a, "shape") and hasattr(a, "dtype"))
+        self._trace_outputs(list(abstract[0]), dict(abstract[1]))
 
     # --------------------------------------------------------------- weights
     @property
-    def weights(self) -> list[WeightSpec]:
-        return list(self.weight_specs.values())
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self._trainable = bool(value)
+        for sub in self._sublayers().values():
+            sub.trainable = value
+
+    def _sublayers(self) -> dict[str, "Layer"]:
+        """Tracked sublayers by weight-path prefix (attribute name, list index)."""
+        out: dict[str, Layer] = {}
+
+        def walk(prefix, value):
+            if isinstance(value, Layer):
+                out.setdefault(prefix, value)
+            elif isinstance(value, (list, tuple)):
+                for i, v in enumerate(value):
+                    walk(f"{prefix}/{i}", v)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}/{k}", v)
+        for attr, value in self._tracked.items():
+            walk(attr, value)
+        return {self._sublayer_prefix(k): v for k, v in out.items()}
+
+    def _sublayer_prefix(self, attr_path: str) -> str:
+        return attr_path + "/"
+
+    def _variables_by_path(self) -> dict[str, Variable]:
+        """Every weight of the layer and its sublayers, keyed by path within the layer."""
+        out = dict(self._own_variables)
+        seen = {id(v) for v in out.values()}
+        for prefix, sub in self._sublayers().items():
+            for path, var in sub._variables_by_path().items():
+                if id(var) not in seen:
+                    seen.add(id(var))
+                    out[prefix + path] = var
+        return out
+
+    def _trainable_map(self) -> dict[str, bool]:
+        """Path -> whether the optimizer updates the weight (its layers are trainable)."""
+        out = {n: v.trainable and self.trainable for n, v in self._own_variables.items()}
+        for prefix, sub in self._sublayers().items():
+            for path, flag in sub._trainable_map().items():
+                out.setdefault(prefix + path, flag and self.trainable)
+        return out
 
     @property
-    def trainable_weights(self) -> list[WeightSpec]:
-        return [s for s in self.weight_specs.values() if s.trainable and self.trainable]
+    def uses_rng(self) -> bool:
+        return bool(self._seed_generators) or any(s.uses_rng for s in self._sublayers().values())
 
     @property
-    def non_trainable_weights(self) -> list[WeightSpec]:
-        return [s for s in self.weight_specs.values() if not (s.trainable and self.trainable)]
+    def weight_specs(self) -> dict[str, Variable]:
+        return self._variables_by_path()
+
+    @property
+    def weights(self) -> list[Variable]:
+        return list(self._variables_by_path().values())
+
+    variables = weights
+
+    @property
+    def trainable_weights(self) -> list[Variable]:
+        flags = self._trainable_map()
+        return [v for p, v in self._variables_by_path().items() if flags[p]]
+
+    trainable_variables = trainable_weights
+
+    @property
+    def non_trainable_weights(self) -> list[Variable]:
+        flags = self._trainable_map()
+        return [v for p, v in self._variables_by_path().items() if not flags[p]]
+
+    non_trainable_variables = non_trainable_weights
 
     def count_params(self) -> int:
-        return int(sum(np.prod(s.shape, dtype=np.int64) for s in self.weight_specs.values()))
+        return int(sum(v.size for v in self._variables_by_path().values()))
+
+    @property
+    def _values(self) -> dict | None:
+        """Path -> array for every weight, or None while any has no value yet."""
+        variables = self._variables_by_path()
+        if any(v._value is None for v in variables.values()):
+            return None
+        return {p: v._value for p, v in variables.items()}
+
+    @_values.setter
+    def _values(self, values: dict | None) -> None:
+        variables = self._variables_by_path()
+        if values is None:
+            for v in variables.values():
+                v._value = None
+            return
+        for path, value in values.items():
+            variables[path]._value = value
+
+    def _materialize_values(self) -> None:
+        self._weight_values()
 
     def get_weights(self) -> list[np.ndarray]:
-        """The weight values as numpy arrays, in declaration order."""
+        """The weight values as numpy arrays, in creation order."""
         values = self._weight_values()
-        return [np.asarray(values[n]) for n in self.weight_specs]
+        return [np.asarray(values[n]) for n in self._variables_by_path()]
 
     def set_weights(self, weights) -> None:
         weights = list(weights)
-        specs = list(self.weight_specs.values())
-        if len(weights) != len(specs):
-            raise ValueError(f"Layer '{self.name}': set_weights expected {len(specs)} arrays. "
-                             f"Received: {len(weights)} arrays")
-        for spec, w in zip(specs, weights):
-            if tuple(np.shape(w)) != spec.shape:
-                raise ValueError(f"Layer '{self.name}': weight '{spec.name}' expected shape "
-                                 f"{spec.shape}. Received: shape={tuple(np.shape(w))}")
+        variables = self._variables_by_path()
+        if len(weights) != len(variables):
+            raise ValueError(f"Layer '{self.name}': set_weights expected {len(variables)} "
+                             f"arrays. Received: {len(weights)} arrays")
+        for (path, var), w in zip(variables.items(), weights):
+            if tuple(np.shape(w)) != var.shape:
+                raise ValueError(f"Layer '{self.name}': weight '{path}' expected shape "
+                                 f"{var.shape}. Received: shape={tuple(np.shape(w))}")
         current = self._weight_values()
         # Same placement as the values they replace (sharded weights stay sharded).
-        self._values = {s.name: jax.device_put(jnp.asarray(w, s.dtype),
-                                               getattr(current[s.name], "sharding", None))
-                        for s, w in zip(specs, weights)}
+        self._values = {p: jax.device_put(jnp.asarray(w, v.dtype),
+                                          getattr(current[p], "sharding", None))
+                        for (p, v), w in zip(variables.items(), weights)}
 
     def _weight_values(self) -> dict:
         """The weight arrays, created on first use (by the model that placed the layer,
-        if any, else here from the layer's own seed)."""
-        if self._values is None and self.weight_specs:
-            create = self._create_values() if self._create_values is not None else None
-            if create is not None:
-                create()
-            if self._values is None:
-                self._values = init_weights(self, jax.random.PRNGKey(self._seed))
+        if any, else here from each weight's own seed)."""
         if not self.built:
             raise ValueError(f"Layer '{self.name}' has no weights yet: build it or call it "
                              f"first.")
-        return self._values if self._values is not None else {}
+        variables = self._variables_by_path()
+        if any(v._value is None for v in variables.values()):
+            create = self._create_values() if self._create_values is not None else None
+            if create is not None:
+                create()
+            for v in variables.values():
+                if v._value is None:
+                    v._value = v.initial_value()
+        return {p: v._value for p, v in variables.items()}
 
     # ---------------------------------------------------------------- config
     def get_config(self) -> dict:
@@ -334,11 +582,9 @@ class Layer:
 
 
 def init_weights(layer: Layer, key) -> dict:
-    """Creates the arrays of ``layer``'s declared weights (for eager use and tests)."""
-    out = {}
-    for i, spec in enumerate(layer.weight_specs.values()):
-        out[spec.name] = spec.initializer(jax.random.fold_in(key, i), spec.shape, spec.dtype)
-    return out
+    """Fresh arrays for ``layer``'s weights (path -> array) drawn from ``key`` (tests)."""
+    return {path: var.initializer(jax.random.fold_in(key, i), var.shape, var.dtype)
+            for i, (path, var) in enumerate(layer._variables_by_path().items())}
 
 
 class InputLayer(Layer):
@@ -352,11 +598,19 @@ class InputLayer(Layer):
         self.shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
         self.batch_size = batch_size
         self.built = True
-        self.output = KerasTensor((batch_size,) + self.shape, dtype,
-                                  node=Node(self, (), {}, None), name=self.name)
-        self.output.node.outputs = self.output
+        self._output = KerasTensor((batch_size,) + self.shape, dtype,
+                                   node=Node(self, (), {}, None), name=self.name)
+        self._output.node.outputs = self._output
 
-    def call(self, weights, inputs):
+    @property
+    def output(self):
+        return self._output
+
+    @property
+    def input(self):
+        return self._output
+
+    def call(self, inputs):
         return inputs
 
     def get_config(self):

@@ -1,14 +1,16 @@
-"""Core layers: Dense, Activation, Flatten, Reshape, Dropout."""
+"""Core layers: Dense, Activation, Flatten, Reshape, Dropout, Lambda."""
 from __future__ import annotations
 
+import inspect
 import math
 
-import jax
+
 import jax.numpy as jnp
 import numpy as np
 
-from hybridnet import activations
+from hybridnet import activations, random
 from hybridnet.layers.base import Layer
+from hybridnet.variables import SeedGenerator
 
 
 def _check_min_rank(layer: Layer, input_shape, rank: int) -> None:
@@ -59,15 +61,17 @@ class Dense(Layer):
                              f"Received: input.shape={tuple(input_shape)}")
 
     def build(self, input_shape):
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
-                        axes=("embed", "mlp"))
+        self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
+                                      initializer=self.kernel_initializer, name="kernel",
+                                      axes=("embed", "mlp"))
         if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer, axes=("mlp",))
+            self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
+                                        name="bias", axes=("mlp",))
 
-    def call(self, weights, x):
-        y = jnp.matmul(x, weights["kernel"])
+    def call(self, inputs):
+        y = jnp.matmul(inputs, self.kernel.value)
         if self.use_bias:
-            y = y + weights["bias"]
+            y = y + self.bias.value
         return self.activation(y)
 
     def compute_output_shape(self, input_shape):
@@ -89,8 +93,8 @@ class Activation(Layer):
         super().__init__(**kwargs)
         self.activation = activations.get(activation, owner=f"Layer '{self.name}' (Activation)")
 
-    def call(self, weights, x):
-        return self.activation(x)
+    def call(self, inputs):
+        return self.activation(inputs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -105,8 +109,8 @@ class Flatten(Layer):
     def _check_input(self, input_shape):
         _check_min_rank(self, input_shape, 1)
 
-    def call(self, weights, x):
-        return jnp.reshape(x, (x.shape[0], -1))
+    def call(self, inputs):
+        return jnp.reshape(inputs, (inputs.shape[0], -1))
 
     def compute_output_shape(self, input_shape):
         rest = input_shape[1:]
@@ -140,8 +144,8 @@ class Reshape(Layer):
         return (f"Layer '{self.name}' (Reshape): the input size must match "
                 f"target_shape={self.target_shape}. Received: input.shape={tuple(input_shape)}")
 
-    def call(self, weights, x):
-        return jnp.reshape(x, (x.shape[0],) + self.target_shape)
+    def call(self, inputs):
+        return jnp.reshape(inputs, (inputs.shape[0],) + self.target_shape)
 
     def get_config(self):
         return {**super().get_config(), "target_shape": list(self.target_shape)}
@@ -153,7 +157,7 @@ class Dropout(Layer):
     Args:
         rate: fraction of units to drop, in [0, 1).
         noise_shape: optional broadcast shape of the keep mask (None = input shape).
-        seed: optional int, folded into the step's key.
+        seed: optional int seeding the layer's SeedGenerator.
     """
 
     supports_masking = True
@@ -166,18 +170,12 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.noise_shape = tuple(noise_shape) if noise_shape is not None else None
         self.seed = seed
+        self.seed_generator = SeedGenerator(seed)
 
-    def call(self, weights, x, *, training=False, rng=None):
+    def call(self, inputs, training=False):
         if not training or self.rate == 0:
-            return x
-        if rng is None:
-            raise ValueError(f"Layer '{self.name}' (Dropout) needs an rng in training mode.")
-        if self.seed is not None:
-            rng = jax.random.fold_in(rng, self.seed)
-        shape = x.shape if self.noise_shape is None else tuple(
-            x.shape[i] if d is None else d for i, d in enumerate(self.noise_shape))
-        keep = jax.random.bernoulli(rng, 1.0 - self.rate, shape)
-        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+            return inputs
+        return random.dropout(inputs, self.rate, self.noise_shape, seed=self.seed_generator)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -185,3 +183,87 @@ class Dropout(Layer):
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed,
                 "noise_shape": list(self.noise_shape) if self.noise_shape else None}
+
+
+class Lambda(Layer):
+    """Wraps a function of tensors as a layer, as ``keras.layers.Lambda``.
+
+    In memory only: a model holding a Lambda cannot be saved, because the file would have
+    to carry code. For a saveable layer, subclass ``Layer`` and register it with
+    ``hybridnet.saving.register_serializable``.
+
+    Args:
+        function: ``fn(inputs, **arguments)``; it may take ``mask`` and ``training``.
+        output_shape: unused for inference (shapes are traced); kept for Keras parity.
+        mask: None (no output mask), a mask tensor, or ``fn(inputs, mask)``.
+        arguments: extra keyword arguments for ``function``.
+
+    Example:
+        >>> Lambda(lambda x: x ** 2)(Input((4,)))
+    """
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise ValueError(f"Layer '{self.name}' (Lambda): `function` must be callable. "
+                             f"Received: function={function!r}")
+        self.function = function
+        self.output_shape_arg = output_shape
+        self.mask = mask
+        self.arguments = dict(arguments or {})
+        self.supports_masking = mask is not None
+        params = inspect.signature(function).parameters
+        self._fn_kwargs = {k for k in ("mask", "training") if k in params}
+
+    def call(self, inputs, mask=None, training=None):
+        kwargs = dict(self.arguments)
+        if "mask" in self._fn_kwargs:
+            kwargs["mask"] = mask
+        if "training" in self._fn_kwargs:
+            kwargs["training"] = training
+        return self.function(inputs, **kwargs)
+
+    def compute_mask(self, inputs, mask):
+        return self.mask(inputs, mask) if callable(self.mask) else self.mask
+
+    def get_config(self):
+        name = getattr(self.function, "__name__", type(self.function).__name__)
+        raise ValueError(f"Layer '{self.name}' (Lambda) wraps Python code ('{name}'), which "
+                         f"hybridnet never writes to a file (loading it would run code). "
+                         f"Replace it with a Layer subclass that has get_config() and "
+                         f"register it with hybridnet.saving.register_serializable.")
+
+
+class Masking(Layer):
+    """Masks the timesteps whose features all equal ``mask_value`` (they are zeroed, and
+    the output mask is False there for downstream layers such as LSTM or
+    GlobalAveragePooling1D).
+
+    Args:
+        mask_value: the value that marks a padded timestep.
+
+    Example:
+        >>> Masking(0.0)(Input((10, 8)))  # (None, 10, 8), mask (None, 10)
+    """
+
+    supports_masking = True
+
+    def __init__(self, mask_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = mask_value
+
+    def _check_input(self, input_shape):
+        _check_min_rank(self, input_shape, 2)
+
+    def call(self, inputs):
+        keep = jnp.any(inputs != self.mask_value, axis=-1, keepdims=True)
+        return jnp.where(keep, inputs, 0).astype(inputs.dtype)
+
+    def compute_mask(self, inputs, mask):
+        return jnp.any(inputs != self.mask_value, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "mask_value": self.mask_value}

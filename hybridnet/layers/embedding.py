@@ -46,13 +46,15 @@ class Embedding(Layer):
                              f"Received: {len(input_shape)} inputs")
 
     def build(self, input_shape):
-        self.add_weight("embeddings", (self.input_dim, self.output_dim),
-                        self.embeddings_initializer, axes=("vocab", "embed"))
+        self.embeddings = self.add_weight(shape=(self.input_dim, self.output_dim),
+                                          initializer=self.embeddings_initializer,
+                                          name="embeddings", axes=("vocab", "embed"))
 
-    def call(self, weights, ids):
+    def call(self, inputs):
+        ids = jnp.asarray(inputs)
         if ids.dtype not in (jnp.int32, jnp.int64):
             ids = ids.astype(jnp.int32)
-        return jnp.take(weights["embeddings"], ids, axis=0).astype(self.dtype)
+        return jnp.take(self.embeddings.value, ids, axis=0).astype(self.dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)

@@ -1,4 +1,5 @@
-"""Merge layers: Add, Multiply, Average, Concatenate (called on a list of tensors)."""
+"""Merge layers (Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate) and their
+lowercase functional forms, called on a list of tensors."""
 from __future__ import annotations
 
 import functools
@@ -59,7 +60,7 @@ class Add(_Merge):
         >>> Add()([Input((4,)), Input((4,))])  # (None, 4)
     """
 
-    def call(self, weights, inputs):
+    def call(self, inputs):
         return functools.reduce(jnp.add, inputs)
 
 
@@ -70,7 +71,7 @@ class Multiply(_Merge):
         >>> Multiply()([Input((4,)), Input((4,))])  # (None, 4)
     """
 
-    def call(self, weights, inputs):
+    def call(self, inputs):
         return functools.reduce(jnp.multiply, inputs)
 
 
@@ -81,7 +82,7 @@ class Average(_Merge):
         >>> Average()([Input((4,)), Input((4,))])  # (None, 4)
     """
 
-    def call(self, weights, inputs):
+    def call(self, inputs):
         return functools.reduce(jnp.add, inputs) / len(inputs)
 
 
@@ -122,7 +123,7 @@ class Concatenate(_Merge):
             out.append(known.pop() if known else None)
         return tuple(out)
 
-    def call(self, weights, inputs):
+    def call(self, inputs):
         return jnp.concatenate(inputs, axis=self.axis)
 
     def compute_mask(self, inputs, mask):
@@ -143,3 +144,69 @@ class Concatenate(_Merge):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
+
+
+class Subtract(_Merge):
+    """Element-wise difference of exactly two tensors.
+
+    Example:
+        >>> Subtract()([Input((4,)), Input((4,))])  # (None, 4)
+    """
+
+    def _check_input(self, input_shape):
+        super()._check_input(input_shape)
+        if len(input_shape) != 2:
+            raise ValueError(f"{_owner(self)} should be called on exactly 2 inputs. "
+                             f"Received: {len(input_shape)} inputs")
+
+    def call(self, inputs):
+        return jnp.subtract(inputs[0], inputs[1])
+
+
+class Maximum(_Merge):
+    """Element-wise maximum of a list of tensors."""
+
+    def call(self, inputs):
+        return functools.reduce(jnp.maximum, inputs)
+
+
+class Minimum(_Merge):
+    """Element-wise minimum of a list of tensors."""
+
+    def call(self, inputs):
+        return functools.reduce(jnp.minimum, inputs)
+
+
+def add(inputs, **kwargs):
+    """Functional interface to :class:`Add`: ``add([x1, x2])``."""
+    return Add(**kwargs)(inputs)
+
+
+def subtract(inputs, **kwargs):
+    """Functional interface to :class:`Subtract`."""
+    return Subtract(**kwargs)(inputs)
+
+
+def multiply(inputs, **kwargs):
+    """Functional interface to :class:`Multiply`."""
+    return Multiply(**kwargs)(inputs)
+
+
+def average(inputs, **kwargs):
+    """Functional interface to :class:`Average`."""
+    return Average(**kwargs)(inputs)
+
+
+def maximum(inputs, **kwargs):
+    """Functional interface to :class:`Maximum`."""
+    return Maximum(**kwargs)(inputs)
+
+
+def minimum(inputs, **kwargs):
+    """Functional interface to :class:`Minimum`."""
+    return Minimum(**kwargs)(inputs)
+
+
+def concatenate(inputs, axis=-1, **kwargs):
+    """Functional interface to :class:`Concatenate`: ``concatenate([x1, x2], axis=-1)``."""
+    return Concatenate(axis=axis, **kwargs)(inputs)

@@ -49,7 +49,6 @@ class BatchNormalization(Layer):
     """
 
     supports_masking = True
-    stateful = True
 
     def __init__(self, axis=-1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer="zeros",
@@ -81,13 +80,16 @@ class BatchNormalization(Layer):
     def build(self, input_shape):
         dim = (input_shape[self.axis],)
         if self.scale:
-            self.add_weight("gamma", dim, self.gamma_initializer, axes=("norm",))
+            self.gamma = self.add_weight(shape=dim, initializer=self.gamma_initializer,
+                                         name="gamma", axes=("norm",))
         if self.center:
-            self.add_weight("beta", dim, self.beta_initializer, axes=("norm",))
-        self.add_weight("moving_mean", dim, self.moving_mean_initializer, trainable=False,
-                        axes=("norm",))
-        self.add_weight("moving_variance", dim, self.moving_variance_initializer,
-                        trainable=False, axes=("norm",))
+            self.beta = self.add_weight(shape=dim, initializer=self.beta_initializer,
+                                        name="beta", axes=("norm",))
+        self.moving_mean = self.add_weight(shape=dim, initializer=self.moving_mean_initializer,
+                                           trainable=False, name="moving_mean", axes=("norm",))
+        self.moving_variance = self.add_weight(
+            shape=dim, initializer=self.moving_variance_initializer, trainable=False,
+            name="moving_variance", axes=("norm",))
 
     def _moments(self, x, axes, mask):
         if mask is None:
@@ -100,7 +102,8 @@ class BatchNormalization(Layer):
                       keepdims=True) / (count + eps)
         return jnp.squeeze(mean, axes), jnp.squeeze(var, axes)
 
-    def call(self, weights, x, *, training=False, mask=None):
+    def call(self, inputs, training=False, mask=None):
+        x = inputs
         axis = self.axis % x.ndim
         if mask is not None and mask.ndim != x.ndim - 1:
             raise ValueError(f"{_owner(self)}: the mask should have one dimension less than "
@@ -109,31 +112,42 @@ class BatchNormalization(Layer):
         out_dtype = x.dtype
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         reduce_axes = tuple(i for i in range(x.ndim) if i != axis)
-        moving_mean = weights["moving_mean"].astype(x.dtype)
-        moving_var = weights["moving_variance"].astype(x.dtype)
-        updates = {}
+        moving_mean = self.moving_mean.value.astype(x.dtype)
+        moving_var = self.moving_variance.value.astype(x.dtype)
         if training and self.trainable:
             mean, var = self._moments(x, reduce_axes, mask)
-            updates = {
-                "moving_mean": (moving_mean * self.momentum
-                                + mean * (1.0 - self.momentum)).astype(
-                    weights["moving_mean"].dtype),
-                "moving_variance": (moving_var * self.momentum
-                                    + var * (1.0 - self.momentum)).astype(
-                    weights["moving_variance"].dtype),
-            }
+            self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
+            self.moving_variance.assign(moving_var * self.momentum
+                                        + var * (1.0 - self.momentum))
         else:
             mean, var = moving_mean, moving_var
         shape = [1] * x.ndim
         shape[axis] = x.shape[axis]
         inv = lax.rsqrt(var + self.epsilon)
         if self.scale:
-            inv = inv * weights["gamma"].astype(x.dtype)
+            inv = inv * self.gamma.value.astype(x.dtype)
         offset = -mean * inv
         if self.center:
-            offset = offset + weights["beta"].astype(x.dtype)
+            offset = offset + self.beta.value.astype(x.dtype)
         y = x * inv.reshape(shape) + offset.reshape(shape)
-        return y.astype(out_dtype), updates
+        return y.astype(out_dtype)
+
+    def merge_microbatch_updates(self, old: dict, updates: list) -> dict:
+        """One moving-statistics update from those of ``m`` equal microbatches (each
+        computed from ``old``), as if the statistics were of the whole batch: the mean of
+        the microbatch means, and the variance by the law of total variance (mean of the
+        variances plus the variance of the means). Masked inputs weigh the microbatches
+        equally. Used by pipelines; ``old`` is unused (the updates carry it)."""
+        del old
+        if len(updates) == 1 or self.momentum == 1.0:
+            return dict(updates[0])
+        means = jnp.stack([u["moving_mean"] for u in updates])
+        variances = jnp.stack([u["moving_variance"] for u in updates])
+        # moving_j = moving * momentum + stat_j * (1 - momentum): the spread of the updated
+        # means is (1 - momentum) times that of the microbatch means.
+        between = jnp.var(means, axis=0) / (1.0 - self.momentum)
+        return {"moving_mean": jnp.mean(means, axis=0),
+                "moving_variance": jnp.mean(variances, axis=0) + between}
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -193,11 +207,14 @@ class LayerNormalization(Layer):
         shape = tuple(input_shape[a] for a in self._axes)
         axes = ("norm",) + (None,) * (len(shape) - 1)
         if self.scale:
-            self.add_weight("gamma", shape, self.gamma_initializer, axes=axes)
+            self.gamma = self.add_weight(shape=shape, initializer=self.gamma_initializer,
+                                         name="gamma", axes=axes)
         if self.center:
-            self.add_weight("beta", shape, self.beta_initializer, axes=axes)
+            self.beta = self.add_weight(shape=shape, initializer=self.beta_initializer,
+                                        name="beta", axes=axes)
 
-    def call(self, weights, x):
+    def call(self, inputs):
+        x = inputs
         axes = tuple(a % x.ndim for a in (self.axis if isinstance(self.axis, list)
                                           else [self.axis]))
         out_dtype = x.dtype
@@ -207,10 +224,10 @@ class LayerNormalization(Layer):
         var = jnp.var(x, axis=axes, keepdims=True)
         inv = lax.rsqrt(var + self.epsilon)
         if self.scale:
-            inv = inv * weights["gamma"].astype(x.dtype).reshape(bshape)
+            inv = inv * self.gamma.value.astype(x.dtype).reshape(bshape)
         y = x * inv - mean * inv
         if self.center:
-            y = y + weights["beta"].astype(x.dtype).reshape(bshape)
+            y = y + self.beta.value.astype(x.dtype).reshape(bshape)
         return y.astype(out_dtype)
 
     def compute_output_shape(self, input_shape):

@@ -101,16 +101,14 @@ class Graph:
         for index in indices:
             node = self.nodes[index]
             layer = node.layer
-            if len(node.args) != 1:
-                raise ValueError(f"Layer '{layer.name}' must be called with one positional "
-                                 f"input (a tensor or a list of tensors).")
-            inputs_ = jax.tree_util.tree_map(lookup, node.args[0], is_leaf=_is_kt)
+            args = jax.tree_util.tree_map(lookup, list(node.args), is_leaf=_is_kt)
+            inputs_ = args[0]
             kwargs = jax.tree_util.tree_map(lookup, dict(node.kwargs), is_leaf=_is_kt)
             mask = kwargs.pop("mask", None)
             if mask is None:
                 mask = _masks_of(node.args[0], masks)
             layer_rng = None if rng is None else jax.random.fold_in(rng, index)
-            out, new = layer.apply(weights.get(layer.name, {}), inputs_, training=training,
+            out, new = layer.apply(weights.get(layer.name, {}), *args, training=training,
                                    rng=layer_rng, mask=mask, **kwargs)
             if new:
                 updates[layer.name] = {**updates.get(layer.name, {}), **new}

@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import jax
@@ -21,22 +22,35 @@ from hybridnet import optimizers as optimizers_lib
 from hybridnet import strategies as strategies_lib
 from hybridnet import utils
 from hybridnet.execution import Executor, TrainState, split_trainable
-from hybridnet.layers.base import InputLayer
+from hybridnet.layers.base import Input, InputLayer, Layer, _is_symbolic
+from hybridnet.variables import current_scope
 from hybridnet.models.graph import Graph
 from hybridnet.planner.cost import format_bytes
 from hybridnet.training.compile_utils import LossContainer, MetricsContainer
 from hybridnet.training.trainer import Trainer
 
 
-class Model:
-    """A model from symbolic ``inputs`` to ``outputs`` (each a tensor, list or dict)."""
+class Model(Layer):
+    """A model from symbolic ``inputs`` to ``outputs`` (each a tensor, list or dict), or a
+    subclass with layers made in ``__init__`` and its own ``call``, as in Keras.
+
+    A model is a layer: it can be called on symbolic tensors inside another model.
+
+    Example:
+        >>> class MLP(Model):
+        ...     def __init__(self, **kwargs):
+        ...         super().__init__(**kwargs)
+        ...         self.hidden = layers.Dense(64, activation="relu")
+        ...         self.out = layers.Dense(10)
+        ...     def call(self, inputs):
+        ...         return self.out(self.hidden(inputs))
+    """
 
     def __init__(self, inputs=None, outputs=None, name: str | None = None,
                  trainable: bool = True, **kwargs):
-        if kwargs:
-            raise TypeError(f"Model: unexpected keyword arguments {sorted(kwargs)}. "
-                            f"Received: {kwargs!r}")
-        self.name = name or utils.unique_name("functional")
+        if name is None and type(self).call is Model.call:
+            name = utils.unique_name("functional")
+        Layer.__init__(self, name=name, trainable=trainable, **kwargs)
         self.stop_training = False
         self.optimizer = None
         self.compiled = False
@@ -74,13 +88,27 @@ class Model:
                             else [t.node.layer.name for t in flat_in])
         self.output_names = (list(outputs) if isinstance(outputs, dict)
                              else [t.node.layer.name for t in flat_out])
+        if len(set(self.output_names)) < len(self.output_names):
+            self.output_names = [f"output_{i + 1}" for i in range(len(flat_out))]
 
     @property
     def built(self) -> bool:
-        return self.graph is not None
+        return self.__dict__.get("graph") is not None
+
+    @built.setter
+    def built(self, value) -> None:
+        """A model is built when its graph exists."""
+
+    def _is_subclassed(self) -> bool:
+        return type(self).call is not Model.call
 
     @property
     def layers(self):
+        if self._is_subclassed():
+            return list(self._sublayers().values())
+        return self._graph_layers()
+
+    def _graph_layers(self) -> list:
         return list(self.graph.layers) if self.graph else []
 
     @property
@@ -91,10 +119,75 @@ class Model:
     def outputs(self):
         return self.graph.outputs
 
+    @property
+    def input(self):
+        """The model's symbolic input(s), structured as given (Keras ``model.input``)."""
+        self._ensure_built()
+        return self._input_struct
+
+    @property
+    def output(self):
+        """The model's symbolic output(s), structured as given."""
+        self._ensure_built()
+        return self._output_struct
+
+    # ------------------------------------------------------------ as a layer
+    def _variables_by_path(self) -> dict:
+        if self._is_subclassed() or self.graph is None:
+            return Layer._variables_by_path(self)
+        return {f"{layer.name}/{path}": var for layer in self._graph_layers()
+                for path, var in layer._variables_by_path().items()}
+
+    def _trainable_map(self) -> dict:
+        if self._is_subclassed() or self.graph is None:
+            return Layer._trainable_map(self)
+        return {f"{layer.name}/{path}": flag and self.trainable
+                for layer in self._graph_layers() for path, flag in layer._trainable_map().items()}
+
+    def _maybe_build(self, input_shape, arg_shapes=None) -> None:
+        """A model's layers are built when its graph is traced."""
+
+    def call(self, inputs, training=False, mask=None):
+        """Runs the graph on arrays with the weights of the enclosing scope (a model used
+        as a layer inside another model)."""
+        if isinstance(inputs, dict):
+            xs = [inputs[n] for n in self.input_names]
+        elif isinstance(inputs, (list, tuple)):
+            xs = list(inputs)
+        else:
+            xs = [inputs]
+        weighted = self._weighted_layers()
+        weights = {layer.name: {p: v.value for p, v in layer._variables_by_path().items()}
+                   for layer in weighted}
+        scope = current_scope()
+        rng = scope.next_key() if scope is not None else None
+        outputs, _, updates = self.graph.run(weights, xs, training=bool(training), rng=rng)
+        for layer in weighted:
+            variables = layer._variables_by_path()
+            for path, value in updates.get(layer.name, {}).items():
+                variables[path].assign(value)
+        return self._structure_outputs(outputs)
+
+    def build(self, input_shape=None) -> None:
+        """Builds a subclassed model's graph for ``input_shape`` (batch dimension first, or
+        a list of shapes for several inputs)."""
+        if self.built or not self._is_subclassed():
+            return
+        if input_shape is None:
+            raise ValueError(f"Model '{self.name}': build() needs an input_shape.")
+        shapes = input_shape if isinstance(input_shape, list) and input_shape and isinstance(
+            input_shape[0], (tuple, list)) else [input_shape]
+        self._build_subclassed([Input(tuple(s)[1:]) for s in shapes])
+
+    def _build_subclassed(self, inputs: list) -> None:
+        struct = inputs[0] if len(inputs) == 1 else inputs
+        outputs = Layer.__call__(self, struct)
+        self._init_graph(struct, outputs)
+
     def get_layer(self, name: str | None = None, index: int | None = None):
         if index is not None:
             return self.layers[index]
-        for layer in self.layers:
+        for layer in self.layers + self._graph_layers():
             if layer.name == name:
                 return layer
         raise ValueError(f"No layer named '{name}' in model '{self.name}'. "
@@ -113,15 +206,13 @@ class Model:
             layer.trainable = bool(value)
 
     def _weighted_layers(self) -> list:
-        return [layer for layer in self.layers if layer.weight_specs]
+        return [layer for layer in self._graph_layers() if layer.weight_specs]
 
     def _weight_specs(self) -> dict:
         return {layer.name: dict(layer.weight_specs) for layer in self._weighted_layers()}
 
     def _trainable_mask(self) -> dict:
-        return {layer.name: {w: (spec.trainable and layer.trainable)
-                             for w, spec in layer.weight_specs.items()}
-                for layer in self._weighted_layers()}
+        return {layer.name: layer._trainable_map() for layer in self._weighted_layers()}
 
     def _reset_runner(self):
         """Forgets the runner (the graph, plan or compile arguments changed); weights stay
@@ -171,10 +262,8 @@ class Model:
             return
 
         def init(_):
-            return {layer.name: {spec.name: spec.initializer(
-                        jax.random.fold_in(jax.random.PRNGKey(layer._seed), j),
-                        spec.shape, spec.dtype)
-                        for j, spec in enumerate(layer.weight_specs.values())}
+            return {layer.name: {path: var.initial_value()
+                                 for path, var in layer.weight_specs.items()}
                     for layer in missing}
         created = runner.init_variables(init, jax.random.PRNGKey(0))
         for layer in missing:
@@ -275,49 +364,48 @@ class Model:
 
     @property
     def weights(self):
-        return [spec for layer in self.layers for spec in layer.weights]
+        return [v for layer in self._graph_layers() for v in Layer.weights.fget(layer)]
 
     @property
     def trainable_weights(self):
-        return [s for layer in self.layers for s in layer.weights
-                if s.trainable and layer.trainable]
+        return [v for layer in self._graph_layers() for v in Layer.trainable_weights.fget(layer)]
 
     @property
     def non_trainable_weights(self):
-        return [s for layer in self.layers for s in layer.weights
-                if not (s.trainable and layer.trainable)]
+        return [v for layer in self._graph_layers()
+                for v in Layer.non_trainable_weights.fget(layer)]
 
     def get_weights(self) -> list[np.ndarray]:
         """All weight values as numpy arrays, layer by layer (Keras order)."""
         variables = self.variables
-        return [np.asarray(variables[layer.name][w]) for layer in self.layers
+        return [np.asarray(variables[layer.name][w]) for layer in self._graph_layers()
                 for w in layer.weight_specs]
 
     def set_weights(self, weights) -> None:
         weights = list(weights)
-        expected = sum(len(layer.weight_specs) for layer in self.layers)
+        expected = sum(len(layer.weight_specs) for layer in self._graph_layers())
         if len(weights) != expected:
             raise ValueError(f"Model '{self.name}': set_weights expected {expected} arrays. "
                              f"Received: {len(weights)} arrays")
         offset = 0
-        for layer in self.layers:
-            specs = list(layer.weight_specs.values())
+        for layer in self._graph_layers():
+            specs = list(layer.weight_specs.items())
             values = weights[offset:offset + len(specs)]
             offset += len(specs)
-            for spec, value in zip(specs, values):
+            for (path, spec), value in zip(specs, values):
                 if tuple(np.shape(value)) != spec.shape:
-                    raise ValueError(f"Layer '{layer.name}': weight '{spec.name}' expected shape "
+                    raise ValueError(f"Layer '{layer.name}': weight '{path}' expected shape "
                                      f"{spec.shape}. Received: shape={tuple(np.shape(value))}")
             if specs:
                 self._set_layer_weights(layer.name, {
-                    s.name: jnp.asarray(v, s.dtype) for s, v in zip(specs, values)})
+                    p: jnp.asarray(v, s.dtype) for (p, s), v in zip(specs, values)})
 
     def count_params(self) -> int:
         if not self.built:
             raise ValueError(f"Model '{self.name}' has not been built yet, so it has no "
                              f"weights to count. Build it first: call it on data, call "
                              f"`build(input_shape)` or start it with an `Input`.")
-        return sum(layer.count_params() for layer in self.layers)
+        return sum(Layer.count_params(layer) for layer in self._graph_layers())
 
     # ------------------------------------------------- optimizer state (for saving)
     def _optimizer_state_template(self):
@@ -359,14 +447,18 @@ class Model:
                 seen[layer.name].calls += 1
                 continue
             outs = node.output_tensors
+            trainable = layer._trainable_map()
+            try:
+                config = layer.get_config()
+            except (ValueError, NotImplementedError):  # e.g. Lambda: code, not config
+                config = {}
             info = LayerInfo(
                 name=layer.name, kind=type(layer).__name__,
-                weights={w: WeightInfo(s.shape, jnp.dtype(s.dtype).name, s.axes,
-                                       s.trainable and layer.trainable)
+                weights={w: WeightInfo(s.shape, jnp.dtype(s.dtype).name, s.axes, trainable[w])
                          for w, s in layer.weight_specs.items()},
                 input_shapes=[t.shape for t in node.input_tensors],
                 output_shapes=[t.shape for t in outs], parallel=layer.parallel,
-                stage=layer.stage, config=layer.get_config(),
+                stage=layer.stage, config=config,
                 inbound=list(dict.fromkeys(t.node.layer.name for t in node.input_tensors)))
             seen[layer.name] = info
             infos.append(info)
@@ -434,12 +526,15 @@ class Model:
             self._metrics_arg is not None) else [[] for _ in names]
         weighted = _per_output(self._weighted_metrics_arg, names, "weighted_metrics",
                                nested=True) if self._weighted_metrics_arg else [[] for _ in names]
-        per_output = []
-        for i, ms in enumerate(metrics):
-            ms = list(ms) + list(weighted[i])
-            per_output.append([metrics_lib.get(m, loss=losses[i]) for m in ms])
+        # As Keras 3: `metrics` ignore sample weights, `weighted_metrics` use them.
+        per_output = [[metrics_lib.get(m, loss=losses[i]) for m in ms]
+                      for i, ms in enumerate(metrics)]
+        weighted_out = [[metrics_lib.get(m, loss=losses[i]) for m in ms]
+                        for i, ms in enumerate(weighted)]
         self._compiled_loss = LossContainer(self._losses, weights, names)
-        self._compiled_metrics = MetricsContainer(per_output, names)
+        self._compiled_metrics = MetricsContainer(
+            per_output, names, weighted_per_output=weighted_out,
+            output_shapes=[t.shape for t in self.outputs])
         self.metrics_names = self._compiled_metrics.names
 
     def _assert_compiled(self, what: str):
@@ -459,6 +554,11 @@ class Model:
         return self._get_runner()
 
     def _build_from_data(self, x_first):
+        if self._is_subclassed():
+            self._build_subclassed([Input(tuple(a.shape[1:]), dtype=(
+                "int32" if np.issubdtype(np.dtype(a.dtype), np.integer) else "float32"))
+                for a in x_first])
+            return
         raise ValueError(f"Model '{self.name}' is not built: it has no inputs.")
 
     def _ensure_built(self):
@@ -488,14 +588,22 @@ class Model:
     def _to_output_list(self, y, what: str) -> list:
         return _to_list(y, self.output_names, what)
 
-    def _check_batch_size(self, batch_size, what):
-        from hybridnet.planner import check_batch
+    def _check_batch_size(self, batch_size, what, last_batch=None):
+        """Refuses a batch the plan cannot run, before compiling; at fit, warns once of
+        each way the plan differs from the request (annotations ignored, a batch that
+        runs replicated, ...)."""
+        from hybridnet.planner.feasibility import check_plan
         plan = self._get_runner().plan
-        check_batch(plan, batch_size, what)
-        n = plan.data_parallel_size
-        if batch_size < n:
-            raise ValueError(f"{what}: `batch_size` must be at least the number of devices "
-                             f"the batch is split over ({n}). Received: batch_size={batch_size}")
+        changes = list(check_plan(plan, batch_size, what=what).raise_errors().changes)
+        if last_batch:
+            changes += check_plan(plan, last_batch, what=what, partial=True).changes
+        if what != "fit":
+            return
+        said = self.__dict__.setdefault("_said_changes", set())
+        for change in [f"fit: {c}" for c in plan.changes] + changes:
+            if change not in said:
+                said.add(change)
+                warnings.warn(change, stacklevel=2)
 
     # ------------------------------------------------------------------- loops
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
@@ -554,9 +662,15 @@ class Model:
             return outputs
         return outputs[0]
 
-    def __call__(self, x, training: bool = False):
-        """Runs the model on arrays (eager) and returns its outputs; in training mode
-        stochastic layers draw a fresh key from the global seed sequence."""
+    def __call__(self, *args, **kwargs):
+        """On symbolic tensors, or inside another layer's call, the model is a layer; on
+        arrays it runs eagerly with its placed weights (in training mode stochastic layers
+        draw a fresh key from the global seed sequence)."""
+        if _is_symbolic((args, kwargs)) or current_scope() is not None:
+            return Layer.__call__(self, *args, **kwargs)
+        return self._run_eager(*args, **kwargs)
+
+    def _run_eager(self, x, training: bool = False, mask=None):
         xs = self._to_input_list(x)
         self._prepare(xs)
         outputs, _, _ = self.graph.run(self._placed_variables(), xs, training=training,
@@ -578,7 +692,8 @@ class Model:
                 shape = [t.shape for t in outs] if isinstance(outs, list) else (
                     outs.shape if outs is not None else "?")
             shape_text = (", ".join(utils.format_shape(s) for s in shape)
-                          if isinstance(shape, list) else utils.format_shape(shape))
+                          if isinstance(shape, list) else
+                          shape if isinstance(shape, str) else utils.format_shape(shape))
             kernel = getattr(layer, "kernel_choice", None)
             name = f"{layer.name} ({type(layer).__name__}{', ' + kernel if kernel else ''})"
             if not layer.built:
@@ -597,7 +712,7 @@ class Model:
         for r in rows:
             print_fn(f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}")
         print_fn(sep)
-        total = sum(layer.count_params() for layer in self.layers if layer.built)
+        total = sum(Layer.count_params(layer) for layer in self.layers if layer.built)
         trainable = sum(int(np.prod(s.shape)) for s in self.trainable_weights)
         nbytes = sum(s.nbytes for s in self.weights)
         print_fn(f" Total params: {total:,} ({format_bytes(nbytes)})")
@@ -605,6 +720,9 @@ class Model:
         print_fn(f" Non-trainable params: {total - trainable:,}")
 
     def get_config(self) -> dict:
+        if self._is_subclassed():  # as Keras: the subclass's own arguments, if it says them
+            return Layer.get_config(self)
+
         def structure(struct, names):
             if isinstance(struct, dict):
                 return {"dict": names}

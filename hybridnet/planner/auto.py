@@ -15,6 +15,9 @@ activations) model parallel. A layer whose dimension does not divide over ``mode
 cannot be sharded that way. Each candidate is then built (``build_plan``) and costed
 (``cost.estimate``); the fastest one that fits in memory wins. Pipelines are used when
 nothing fits on one stage, or when they lower the estimated step time by 5% or more.
+Only meshes that split the batch evenly are searched (the check fit applies,
+:func:`hybridnet.planner.feasibility.check_plan`): where the batch does not divide over
+all devices, the meshes of that pipeline depth span fewer, and the notes say so.
 
 Example:
     >>> from hybridnet.strategies import Auto
@@ -25,11 +28,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from jax.sharding import PartitionSpec
 
 from hybridnet.planner import cost
+from hybridnet.planner.feasibility import (annotated_stages, check_batch_size, check_plan,
+                                           stage_errors)
 from hybridnet.planner.graph_info import LayerInfo
 from hybridnet.planner.plan import Plan
 from hybridnet.planner.planner import TENSOR_PARALLEL, build_plan, tensor_parallel_specs
@@ -212,9 +218,28 @@ def _stage_splits(infos: Sequence[LayerInfo], p: int) -> list[list[list[str]]]:
     return splits
 
 
+def _microbatches(batch: int, ways: int, p: int, want: int) -> int | None:
+    """The most microbatches (at most ``want``; 1 without a pipeline) that split ``batch``
+    into equal microbatches that each divide over ``ways`` devices; None if none does."""
+    for micro in range(min(want, batch) if p > 1 else 1, 0, -1):
+        result = check_batch_size(batch, ways, micro, what="Auto")
+        if result.ok and not result.changes:
+            return micro
+    return None
+
+
+def _mesh(p: int, d: int, m: int) -> dict:
+    return ({"pipe": p} if p > 1 else {}) | {"data": d} | ({"model": m} if m > 1 else {})
+
+
 def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | None,
               device_kind: str | None) -> Plan:
     """The plan with the lowest estimated step time that fits in memory.
+
+    Only plans that run the batch split evenly are searched: for each pipeline depth
+    ``p`` the mesh spans ``p * gcd(n / p, batch)`` devices (all ``n`` when the batch
+    divides) and the microbatch count is the largest (at most ``strategy.microbatches``)
+    whose microbatches divide over a stage's devices.
 
     Args:
         infos: the model's layers in execution order (``model.layer_infos()``).
@@ -225,8 +250,9 @@ def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | N
         device_kind: a key of :data:`hybridnet.planner.cost.DEVICES`.
 
     Raises:
-        ValueError: if no mesh gives a plan that fits in memory, naming the closest
-            candidate, its largest layer and the sizes.
+        ValueError: if the layers' stage= annotations are invalid, or if no mesh gives a
+            plan that fits in memory, naming the closest candidate, its largest layer and
+            the sizes.
 
     Example:
         >>> plan = auto_plan(model.layer_infos(), Auto(), 8, 128, "h100")
@@ -241,19 +267,22 @@ def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | N
     limit = cost.memory_limit(kind, getattr(strategy, "memory_limit", None))
     want_micro = max(int(getattr(strategy, "microbatches", 8) or 1), 1)
     weighted = [i for i in infos if i.weights]
-    annotated = sorted({i.stage for i in infos if i.stage is not None})
-    fixed_p = annotated[-1] + 1 if annotated else None
-
+    stage = annotated_stages(infos)
+    fixed_p = max(stage.values()) + 1 if stage else None
+    if stage:
+        errors = stage_errors(infos, stage)
+        if errors:
+            raise ValueError(f"Auto: {errors[0]}")
     if fixed_p is not None and n % fixed_p:
         raise ValueError(f"Auto: the layers' stage= annotations ask for {fixed_p} pipeline "
                          f"stages, which do not divide {n} devices. Received: {n} devices")
-    tried, fitting, failures, skipped = 0, [], [], []
+    tried, fitting = 0, []
+    rejected: list[tuple[int, str, float, dict, str]] = []  # (p, kind, bytes, mesh, why)
     baseline = None
 
-    def evaluate(p: int, m: int, micro: int) -> None:
+    def evaluate(p: int, m: int, micro: int, count: int) -> None:
         nonlocal tried, baseline
-        d = n // (p * m)
-        mesh = ({"pipe": p} if p > 1 else {}) | {"data": d} | ({"model": m} if m > 1 else {})
+        mesh = _mesh(p, count // (p * m), m)
         ctx = cost.MeshContext(mesh, "model" if m > 1 else None, "pipe" if p > 1 else None,
                                batch, micro)
         bubble = cost.bubble_fraction(p, micro, "1f1b" if p > 1 else "none")
@@ -270,11 +299,16 @@ def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | N
             for stages in splits:
                 tried += 1
                 try:
-                    plan = build_plan(infos, mesh_axes=dict(mesh), device_ids=ids,
+                    plan = build_plan(infos, mesh_axes=dict(mesh), device_ids=ids[:count],
                                       tensor_parallel=tp, stages=stages, microbatches=micro,
                                       schedule="1f1b" if p > 1 else "none", device_kind=kind)
                 except ValueError as e:  # e.g. stage annotations that do not fit the mesh
-                    failures.append((float("inf"), mesh, str(e)))
+                    rejected.append((p, "invalid", float("inf"), mesh, str(e)))
+                    continue
+                check = check_plan(plan, batch, infos, what="Auto")
+                if check.errors or check.changes:
+                    rejected.append((p, "batch", float("inf"), mesh,
+                                     (check.errors + check.changes)[0]))
                     continue
                 for info, opt, cur, opts, why in path:
                     plan.layers[info.name].reason = _reason(info, opt, cur, opts, why, ctx,
@@ -283,70 +317,80 @@ def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | N
                     est = cost.estimate(plan, infos, batch_size=batch, device_kind=kind,
                                         memory_limit=limit)
                 except ValueError as e:
-                    failures.append((plan.estimates.memory_bytes_per_device, mesh, str(e)))
+                    rejected.append((p, "memory", plan.estimates.memory_bytes_per_device,
+                                     mesh, str(e)))
                     continue
-                fitting.append((est.step_time_s, p, plan))
+                fitting.append((est.step_time_s, -count, p, plan))
                 if p == 1 and m == 1 and not tp:
                     baseline = est.step_time_s
 
+    fewer = {}  # pipeline depth -> devices its meshes span, where fewer than n
     for p in _divisors(n):
         if fixed_p is not None and p != fixed_p:
             continue
         if p > 1 and p > max(len(weighted), 1):
             continue
-        micro = 1
-        if p > 1:
-            micro = min(want_micro, batch)
-            while batch % micro:
-                micro -= 1
-        for m in _divisors(n // p):
-            if (batch // micro) % (n // p):  # the batch would be replicated, not split
-                skipped.append((p, m, micro))
-                continue
-            evaluate(p, m, micro)
-    uneven = not fitting and bool(skipped)
-    if uneven:
-        for p, m, micro in skipped:
-            evaluate(p, m, micro)
+        count = p * math.gcd(n // p, batch)
+        if count < n:
+            fewer[p] = count
+        micro = _microbatches(batch, count // p, p, want_micro)
+        for m in _divisors(count // p):
+            evaluate(p, m, micro, count)
     if not fitting:
-        if failures:
-            closest = min(failures, key=lambda f: f[0])
+        memory = [r for r in rejected if r[1] == "memory"]
+        if memory:
+            closest = min(memory, key=lambda r: r[2])
             raise ValueError(f"Auto: no plan for {n} {device.name} devices fits in "
                              f"{cost.format_bytes(limit)} per device (tried {tried} "
-                             f"placements). Closest, mesh {closest[1]}: {closest[2]}")
+                             f"placements). Closest, mesh {closest[3]}: {closest[4]}")
+        if rejected:
+            raise ValueError(f"Auto: no valid plan for {n} devices. First refused, mesh "
+                             f"{rejected[0][3]}: {rejected[0][4]}")
         raise ValueError(f"Auto: no mesh over {n} devices gives a valid plan. Received: "
                          f"batch_size={batch}, {len(infos)} layers")
 
-    single = [f for f in fitting if f[1] == 1]
-    piped = [f for f in fitting if f[1] > 1]
-    best_single = min(single, key=lambda f: f[0]) if single else None
-    best_piped = min(piped, key=lambda f: f[0]) if piped else None
+    single = [f for f in fitting if f[2] == 1]
+    piped = [f for f in fitting if f[2] > 1]
+    best_single = min(single, key=lambda f: f[:3]) if single else None
+    best_piped = min(piped, key=lambda f: f[:3]) if piped else None
     if best_single and (not best_piped or best_piped[0] >= PIPELINE_MARGIN * best_single[0]):
-        step, _, plan = best_single
+        step, _, _, plan = best_single
         used = cost.format_bytes(plan.estimates.memory_bytes_per_device)
         why_pipe = f"no pipeline: one stage fits ({used} of {cost.format_bytes(limit)} per device)"
         if best_piped:
-            why_pipe += (f" and the best pipeline ({best_piped[2].mesh_axes}) is not faster "
-                         f"({best_piped[0] * 1e3:.3g} ms)")
+            t_pipe, mesh_pipe = best_piped[0] * 1e3, best_piped[3].mesh_axes
+            if best_piped[0] < step:
+                why_pipe += (f"; the best pipeline ({mesh_pipe}, {t_pipe:.3g} ms) is only "
+                             f"{(1 - best_piped[0] / step) * 100:.2g}% faster, less than the "
+                             f"{(1 - PIPELINE_MARGIN) * 100:.0f}% a pipeline must gain")
+            else:
+                why_pipe += f"; the best pipeline ({mesh_pipe}) is slower ({t_pipe:.3g} ms)"
     elif fixed_p:
-        step, _, plan = best_piped
+        step, _, _, plan = best_piped
         why_pipe = (f"{plan.num_stages} pipeline stages from the layers' stage= annotations "
                     f"({plan.schedule}, {plan.microbatches} microbatches)")
     else:
-        step, _, plan = best_piped
+        step, _, _, plan = best_piped
         why_pipe = (f"{plan.num_stages} pipeline stages ({plan.schedule}, {plan.microbatches} "
-                    f"microbatches): " + (
+                    f"microbatch{'es' if plan.microbatches > 1 else ''}): " + (
                         f"{best_single[0] * 1e3:.3g} ms without a pipeline" if best_single else
-                        f"no single-stage plan fits in {cost.format_bytes(limit)} per device"))
+                        _no_single_stage(rejected, limit)))
 
+    count = plan.num_devices
     notes = [f"Auto ({device.name}, {n} devices, batch {batch}): mesh {plan.mesh_axes} has the "
              f"lowest estimated step time, {step * 1e3:.3g} ms, of {len(fitting)} placements "
              f"that fit ({tried} tried)"]
     if baseline is not None and plan.model_axis:
-        notes.append(f"pure data parallel over {n} devices: {baseline * 1e3:.3g} ms "
-                     f"({baseline / step:.2f}x the chosen plan)")
-    elif baseline is None and n > 1:
-        notes.append("pure data parallel does not fit in memory (or split the batch evenly)")
+        notes.append(f"pure data parallel over {fewer.get(1, n)} devices: "
+                     f"{baseline * 1e3:.3g} ms ({baseline / step:.2f}x the chosen plan)")
+    elif baseline is None and n > 1 and fixed_p is None:
+        dp = [r for r in rejected if r[0] == 1 and set(r[3]) == {"data"}]
+        if dp and dp[0][1] == "memory":
+            notes.append(f"pure data parallel over {dp[0][3]['data']} devices does not fit: "
+                         f"it needs {cost.format_bytes(dp[0][2])} of "
+                         f"{cost.format_bytes(limit)} per device")
+        elif dp:
+            notes.append(f"pure data parallel is not possible: {dp[0][4]}")
     kinds = {lp.name: lp for lp in plan.layers.values()}
     conv_data = [i.name for i in infos if i.kind in CONV_KINDS and kinds[i.name].parallel == "data"]
     dense_model = [i.name for i in infos if i.kind == "Dense" and kinds[i.name].parallel == "model"]
@@ -355,14 +399,32 @@ def auto_plan(infos: Sequence[LayerInfo], strategy, devices, batch_size: int | N
                      "connected layers tensor parallel (many weights, small activations): "
                      "Krizhevsky's 'one weird trick' (arXiv:1404.5997)")
     notes.append(why_pipe)
-    if uneven:
-        notes.append(f"no mesh splits the batch of {batch} evenly over its data-parallel "
-                     f"devices: the estimates assume an even split")
-    elif skipped:
-        notes.append(f"{len(skipped)} meshes skipped: their data-parallel size does not divide "
-                     f"the batch ({batch} per step)")
-    plan.notes = notes + [x for x in plan.notes if x not in notes]
+    if fewer:
+        spans = ", ".join(f"{c} devices with {p} stage{'s' if p > 1 else ''}"
+                          for p, c in fewer.items())
+        notes.append(f"a batch of {batch} does not split evenly over all {n} devices at some "
+                     f"pipeline depths; those meshes span fewer: {spans}")
+    changes = []
+    if count < n:
+        changes.append(f"Auto uses {count} of {n} devices: a batch of {batch} splits evenly "
+                       f"over at most {count // plan.num_stages} devices per stage here, and "
+                       f"no plan over all {n} runs it faster")
+    plan.notes = notes + changes + [x for x in plan.notes if x not in notes]
+    plan.changes = changes + [x for x in plan.changes if x not in changes]
     return plan
+
+
+def _no_single_stage(rejected, limit) -> str:
+    """Why no single-stage plan was kept, from its rejections."""
+    single = [r for r in rejected if r[0] == 1]
+    memory = [r for r in single if r[1] == "memory"]
+    if memory:
+        closest = min(memory, key=lambda r: r[2])
+        return (f"no single-stage plan fits in {cost.format_bytes(limit)} per device "
+                f"(closest, mesh {closest[3]}, needs {cost.format_bytes(closest[2])})")
+    if single:
+        return f"no single-stage plan is valid: {single[0][4]}"
+    return "no single-stage plan was tried"
 
 
 __all__ = ["auto_plan"]

@@ -10,7 +10,8 @@ The model, per training step of a global batch ``B`` (all sizes per device):
   3x forward (backward = 2x forward). A stage's ``n_s`` devices share its work
   evenly (data-parallel layers split the batch over every stage axis; tensor-parallel
   layers split the batch over ``data`` and the weights over ``model``), so
-  ``compute_s = 3 * FLOPs_s * B / (n_s * peak * efficiency)``.
+  ``compute_s = 3 * FLOPs_s * B / (n_s * peak * efficiency)``; a batch (microbatch)
+  that does not divide over the stage's devices runs whole on each: ``n_s = 1``.
 * **Collectives** use a latency-bandwidth model: ``time = count * latency *
   ceil(log2(group)) + bytes / bandwidth`` where ``bytes`` is what one device sends
   with ring algorithms: all-reduce ``2(n-1)/n * S``, all-gather and reduce-scatter
@@ -64,6 +65,7 @@ import math
 import numbers
 from typing import Iterable, Sequence
 
+from hybridnet.planner.feasibility import batch_split
 from hybridnet.planner.graph_info import LayerInfo
 from hybridnet.planner.plan import Estimates, Plan
 
@@ -610,6 +612,9 @@ def estimate(plan: Plan, infos: Sequence[LayerInfo], *, batch_size: int, device_
     stages = [StageCost() for _ in range(num_stages)]
     peak = device.peak_flops(dtype_bytes) * device.efficiency
     mesh = ctx.mesh_axes
+    # A batch that does not divide over the stage's data-parallel devices runs whole on
+    # every one of them.
+    split = ctx.n_stage if batch_split(plan, batch_size) > 1 else 1
     layout = B
     for idx, info in enumerate(ordered):
         lp = plan.layers[info.name]
@@ -629,7 +634,7 @@ def estimate(plan: Plan, infos: Sequence[LayerInfo], *, batch_size: int, device_
         lp.comm_bytes = float(sum(c.bytes for c in comms))
         st = stages[s]
         st.flops += fl
-        st.compute_s += 3.0 * fl * batch_size / (ctx.n_stage * peak)
+        st.compute_s += 3.0 * fl * batch_size / (split * peak)
         for c in comms:
             t = comm_time(c, mesh, device)
             if c.phase == "grad":

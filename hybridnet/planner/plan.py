@@ -105,6 +105,13 @@ class Plan:
     ``mesh_axes`` orders the axes as the device array is reshaped, e.g.
     ``{"pipe": 2, "data": 2, "model": 2}``; each stage runs on the sub-mesh of
     ``stage_axes`` (the axes other than ``pipe``) over its ``device_ids``.
+
+    ``notes`` say why the plan is what it is; ``changes`` (also among the notes) say
+    where it differs from what was asked (an annotation ignored, a layer left unsharded,
+    devices unused, a batch that is replicated): fit warns with them. ``batch_size`` is
+    the batch the plan was made and costed for (None: not given); ``uneven_batch`` says
+    what runs when a batch does not divide over the data axes: "replicate" (every device
+    of a stage computes it whole).
     """
     mesh_axes: dict[str, int]
     device_ids: list[int]
@@ -118,6 +125,9 @@ class Plan:
     estimates: Estimates = dataclasses.field(default_factory=Estimates)
     device_kind: str = "cpu"
     notes: list[str] = dataclasses.field(default_factory=list)
+    changes: list[str] = dataclasses.field(default_factory=list)
+    batch_size: int | None = None
+    uneven_batch: str = "replicate"
 
     # ----------------------------------------------------------- derived
     @property
@@ -180,6 +190,8 @@ class Plan:
             "batch_axes": list(self.batch_axes), "model_axis": self.model_axis,
             "pipe_axis": self.pipe_axis, "microbatches": self.microbatches,
             "schedule": self.schedule, "device_kind": self.device_kind, "notes": self.notes,
+            "changes": self.changes, "batch_size": self.batch_size,
+            "uneven_batch": self.uneven_batch,
             "layers": [lp.to_dict() for lp in self.layers.values()],
             "stages": [s.to_dict() for s in self.stages],
             "estimates": self.estimates.to_dict()}

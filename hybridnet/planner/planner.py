@@ -17,6 +17,8 @@ from jax.sharding import PartitionSpec
 
 from hybridnet import strategies as S
 from hybridnet.strategies import SCHEDULES as PIPELINE_SCHEDULES
+from hybridnet.planner.feasibility import (annotated_stages, assign_stages, batch_split,
+                                           check_plan, stage_errors)
 from hybridnet.planner.graph_info import LayerInfo
 from hybridnet.planner.plan import LayerPlan, Plan, StagePlan
 
@@ -39,6 +41,15 @@ TENSOR_PARALLEL = {
 DEFAULT_MODE = {"Dense": "column", "Conv2D": "out_channels", "Embedding": "vocab",
                 "LSTM": "hidden", "Bidirectional": "hidden"}
 SCHEDULES = ("none",) + PIPELINE_SCHEDULES
+# Logical weight axes that tensor parallelism splits over the model axis, for layers the
+# tables above do not know (custom layers declare axes in ``add_weight(axes=...)``).
+MODEL_SHARDED_AXES = ("mlp", "heads", "vocab", "conv_out", "lstm_gates", "kv")
+
+
+def _axes_template(info: LayerInfo) -> dict:
+    return {w: tuple(M if a in MODEL_SHARDED_AXES else None for a in weight.axes)
+            for w, weight in info.weights.items()
+            if weight.axes and any(a in MODEL_SHARDED_AXES for a in weight.axes)}
 
 
 def _annotation(info: LayerInfo) -> tuple[bool, str | None]:
@@ -60,10 +71,13 @@ def _annotation(info: LayerInfo) -> tuple[bool, str | None]:
 def _choose_mode(info: LayerInfo, requested: str | None, previous_dense: str | None) -> str:
     modes = TENSOR_PARALLEL.get(info.kind)
     if not modes:
+        if _axes_template(info) and requested in (None, "axes"):
+            return "axes"
         supported = sorted(TENSOR_PARALLEL)
         raise ValueError(f"Layer '{info.name}' ({info.kind}) does not support parallel='model'. "
-                         f"Tensor parallelism is available for {supported}. Received: "
-                         f"parallel={info.parallel!r}")
+                         f"Tensor parallelism is available for {supported} and for layers "
+                         f"whose weights declare logical axes among {list(MODEL_SHARDED_AXES)} "
+                         f"(add_weight(..., axes=...)). Received: parallel={info.parallel!r}")
     if requested is None:
         if info.kind == "Dense":  # Megatron pairing: column then row needs one all-reduce
             return "row" if previous_dense == "column" else "column"
@@ -76,7 +90,10 @@ def _choose_mode(info: LayerInfo, requested: str | None, previous_dense: str | N
 
 def tensor_parallel_specs(info: LayerInfo, mode: str, model_axis: str, model_size: int):
     """The weights' PartitionSpecs for ``mode``; checks every sharded dimension divides."""
-    template, last_sharded = TENSOR_PARALLEL[info.kind][mode]
+    if mode == "axes":
+        template, last_sharded = _axes_template(info), False
+    else:
+        template, last_sharded = TENSOR_PARALLEL[info.kind][mode]
     specs = {}
     for w, weight in info.weights.items():
         t = template.get(w, ())
@@ -104,27 +121,25 @@ def _output_spec(info: LayerInfo, batch_axes: tuple, feature_axis: str | None):
 
 
 def _split_stages(infos: Sequence[LayerInfo], num_stages: int, cost) -> list[list[str]]:
-    """Contiguous stages: from ``stage=`` annotations, else balanced by ``cost(info)``."""
+    """Stages from ``stage=`` annotations (by the graph's dependencies: an unannotated
+    layer joins the latest stage it reads), else contiguous runs balanced by
+    ``cost(info)``."""
     names = [i.name for i in infos]
     if num_stages > len(infos):
         raise ValueError(f"Pipeline: more stages than layers. Received: {num_stages} stages "
                          f"for {len(infos)} layers {names}")
-    if any(i.stage is not None for i in infos):
-        stages, current = [], 0
-        for info in infos:
-            if info.stage is not None:
-                if info.stage < current:
-                    raise ValueError(f"Layer '{info.name}': stage annotations must not decrease "
-                                     f"in execution order. Received: stage={info.stage} after "
-                                     f"stage {current}")
-                current = info.stage
-            stages.append(current)
-        count = max(stages) + 1
-        if count != num_stages or sorted(set(stages)) != list(range(count)):
-            raise ValueError(f"Pipeline: the stage= annotations give stages "
-                             f"{sorted(set(stages))}; the mesh has {num_stages} pipeline "
-                             f"stages. Received: {count} annotated stages")
-        return [[n for n, s in zip(names, stages) if s == k] for k in range(num_stages)]
+    stage = annotated_stages(infos)
+    if stage is not None:
+        errors = stage_errors(infos, stage)
+        if errors:
+            raise ValueError(f"Pipeline: {errors[0]}")
+        used = sorted(set(stage.values()))
+        count = used[-1] + 1
+        if count != num_stages or used != list(range(count)):
+            raise ValueError(f"Pipeline: the stage= annotations give stages {used}; the mesh "
+                             f"has {num_stages} pipeline stages. Received: {count} annotated "
+                             f"stages")
+        return [[n for n in names if stage[n] == k] for k in range(num_stages)]
     weights = np.array([max(cost(i), 1.0) for i in infos])
     cum = np.cumsum(weights)
     total = cum[-1]
@@ -142,14 +157,18 @@ def _split_stages(infos: Sequence[LayerInfo], num_stages: int, cost) -> list[lis
 def build_plan(infos: Sequence[LayerInfo], *, mesh_axes: dict[str, int], device_ids: list[int],
                tensor_parallel: dict[str, str | None], stages: list[list[str]] | None = None,
                microbatches: int = 1, schedule: str = "none", device_kind: str = "cpu",
-               notes: list[str] | None = None) -> Plan:
+               notes: list[str] | None = None, changes: list[str] | None = None,
+               optional: Sequence[str] = ()) -> Plan:
     """The Plan for a mesh, a set of tensor-parallel layers (name -> mode or None for the
     layer's default) and pipeline stages (lists of layer names in execution order).
 
     Data-parallel layers keep their weights replicated and split the batch over every
     non-pipeline axis; tensor-parallel layers shard their weights over ``model`` and the
-    batch over the remaining axes.
+    batch over the remaining axes. A layer named in ``optional`` whose dimensions no
+    tensor-parallel mode divides stays replicated, said in ``changes`` (others raise).
+    Stages must respect the graph's dependencies: no stage reads a later stage's output.
     """
+    changes = list(changes or [])
     size = math.prod(mesh_axes.values())
     if size != len(device_ids):
         raise ValueError(f"The mesh {mesh_axes} needs {size} devices. Received: "
@@ -176,6 +195,19 @@ def build_plan(infos: Sequence[LayerInfo], *, mesh_axes: dict[str, int], device_
     for info in infos:
         if info.name in tensor_parallel:
             mode = _choose_mode(info, tensor_parallel[info.name], previous_dense)
+            if info.name in optional:
+                mode = _dividing_mode(info, mode, model_axis, model_size)
+            if mode is None:
+                why = (f"no tensor-parallel mode of {info.kind} divides its weights over "
+                       f"'{model_axis}'={model_size}")
+                changes.append(f"layer '{info.name}' ({info.kind}) is left unsharded "
+                               f"(replicated): {why}")
+                layers[info.name] = LayerPlan(
+                    info.name, info.kind, parallel="data",
+                    weights={w: PartitionSpec() for w in info.weights},
+                    output_spec=_output_spec(info, stage_axes, None),
+                    reason=f"replicated, batch split: {why}")
+                continue
             if info.kind == "Dense":
                 previous_dense = mode
             specs, last_sharded = tensor_parallel_specs(info, mode, model_axis, model_size)
@@ -226,16 +258,37 @@ def build_plan(infos: Sequence[LayerInfo], *, mesh_axes: dict[str, int], device_
         for k, names in enumerate(stages):
             if not names:
                 raise ValueError(f"Pipeline: stage {k} has no layers. Received: stages={stages}")
-            for n in names:
-                layers[n].stage = k
+            unknown = [n for n in names if n not in layers]
+            if unknown:
+                raise ValueError(f"Pipeline: stage {k} names unknown layers {unknown}. "
+                                 f"Received: stages={stages}")
             stage_plans.append(StagePlan(k, list(names), [int(i) for i in grid[k].ravel()]))
+        stage_of = assign_stages(infos, {n: k for k, names in enumerate(stages) for n in names})
+        errors = stage_errors(infos, stage_of)
+        if errors:
+            raise ValueError(f"Pipeline: {errors[0]}")
+        for n, k in stage_of.items():
+            layers[n].stage = k
         if schedule == "none":
             schedule = "gpipe"
+    notes = list(notes or [])
     return Plan(mesh_axes=dict(mesh_axes), device_ids=list(device_ids), layers=layers,
                 batch_axes=stage_axes, model_axis=model_axis, pipe_axis=pipe,
                 stages=stage_plans, microbatches=microbatches,
                 schedule=schedule if pipe else "none", device_kind=device_kind,
-                notes=list(notes or []))
+                notes=notes + [c for c in changes if c not in notes], changes=changes)
+
+
+def _dividing_mode(info: LayerInfo, preferred: str, model_axis: str, model_size: int):
+    """``preferred`` if it divides the layer's weights over the model axis, else another
+    mode of the layer's kind that does, else None."""
+    for mode in [preferred] + [m for m in TENSOR_PARALLEL.get(info.kind, {}) if m != preferred]:
+        try:
+            tensor_parallel_specs(info, mode, model_axis, model_size)
+        except ValueError:
+            continue
+        return mode
+    return None
 
 
 def _devices(strategy, devices) -> tuple[list[int], str]:
@@ -278,6 +331,11 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
     cluster this machine does not have) of ``device_kind`` (default: the devices' kind,
     "cpu" for a count). Allocates nothing.
 
+    With ``batch_size``, a plan that cannot run that batch is refused here (microbatches
+    that do not divide it, more data-parallel devices than samples), and one that runs it
+    differently from the request (replicated instead of split) says so in
+    ``plan.changes``; so does any annotation the strategy ignores.
+
     Example:
         >>> plan = make_plan(model.layer_infos(), Auto(device_kind="h100"), devices=64)
         >>> print(plan.summary())
@@ -288,6 +346,7 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
         wants, mode = _annotation(info)
         if wants:
             annotated[info.name] = mode
+    staged = [i.name for i in infos if i.stage is not None]
     if strategy is None:
         strategy = S.ModelParallel() if annotated else S.DataParallel()
         implicit = True
@@ -297,28 +356,38 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
     device_ids, kind = _devices(strategy, devices)
     kind = device_kind or kind
     n = len(device_ids)
+    name = type(strategy).__name__
     notes: list[str] = []
+    changes: list[str] = []
 
     if isinstance(strategy, S.Auto):
         from hybridnet.planner import auto
         plan = auto.auto_plan(infos, strategy, device_ids, batch_size, kind)
+        unsharded = sorted(a for a in annotated if plan.layers[a].parallel != "model")
+        if unsharded:
+            changes.append(f"Auto leaves the layers {unsharded}, annotated parallel='model', "
+                           f"unsharded: " + ("the chosen mesh has no 'model' axis"
+                                             if plan.model_axis is None else
+                                             "their dimensions do not divide over 'model'"))
     elif isinstance(strategy, S.DataParallel):
         if annotated:
-            notes.append(f"DataParallel ignores the parallel='model' annotations of "
-                         f"{sorted(annotated)}")
+            changes.append(f"DataParallel ignores the parallel='model' annotations of "
+                           f"{sorted(annotated)}")
         plan = build_plan(infos, mesh_axes={strategy.axis_name: n}, device_ids=device_ids,
-                          tensor_parallel={}, device_kind=kind, notes=notes)
+                          tensor_parallel={}, device_kind=kind)
         plan.batch_axes = (strategy.axis_name,)
     elif isinstance(strategy, S.ModelParallel):
         model = strategy.model or n
         data = _factor(n, "model", model)
         tp = dict(annotated) if implicit else {
-            i.name: annotated.get(i.name) for i in infos if i.kind in TENSOR_PARALLEL}
+            i.name: annotated.get(i.name) for i in infos
+            if i.kind in TENSOR_PARALLEL or i.name in annotated}
         if implicit:
             notes.append(f"layers annotated parallel='model' are sharded over all {n} devices")
+        optional = [] if implicit else [a for a in tp if a not in annotated]
         plan = build_plan(infos, mesh_axes={"data": data, "model": model},
                           device_ids=device_ids, tensor_parallel=tp, device_kind=kind,
-                          notes=notes)
+                          optional=optional)
     elif isinstance(strategy, S.Pipeline):
         annotated_stages = {i.stage for i in infos if i.stage is not None}
         p = strategy.stages or (max(annotated_stages) + 1 if annotated_stages else min(
@@ -328,14 +397,15 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
                              f"{n} devices")
         if n % p:
             device_ids = device_ids[:p * (n // p)]
-            notes.append(f"using {len(device_ids)} of {n} devices ({p} stages x {n // p})")
+            changes.append(f"Pipeline uses {len(device_ids)} of {n} devices ({p} stages x "
+                           f"{n // p}): {p} does not divide {n}")
         data = len(device_ids) // p
         if annotated:
-            notes.append(f"Pipeline has no 'model' axis: the parallel='model' annotations of "
-                         f"{sorted(annotated)} are ignored (use Hybrid)")
+            changes.append(f"Pipeline has no 'model' axis: the parallel='model' annotations "
+                           f"of {sorted(annotated)} are ignored (use Hybrid)")
         plan = build_plan(infos, mesh_axes={"pipe": p, "data": data}, device_ids=device_ids,
                           tensor_parallel={}, microbatches=strategy.microbatches,
-                          schedule=strategy.schedule, device_kind=kind, notes=notes)
+                          schedule=strategy.schedule, device_kind=kind)
     elif isinstance(strategy, S.Hybrid):
         mesh = {a: int(s) for a, s in dict(strategy.mesh).items()}
         unknown = sorted(set(mesh) - {"data", "model", "pipe"})
@@ -347,18 +417,40 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
                              f"devices, more than are available. Received: {n} devices")
         if math.prod(mesh.values()) != n:
             device_ids = device_ids[:math.prod(mesh.values())]
-            notes.append(f"using {len(device_ids)} of {n} devices")
+            changes.append(f"Hybrid uses {len(device_ids)} of {n} devices: the mesh {mesh} "
+                           f"needs {len(device_ids)}")
         order = {a: mesh[a] for a in ("pipe", "data", "model") if a in mesh}
         tp = annotated if "model" in mesh else {}
         if annotated and "model" not in mesh:
-            notes.append(f"the mesh has no 'model' axis: parallel='model' annotations of "
-                         f"{sorted(annotated)} are ignored")
+            changes.append(f"Hybrid: the mesh has no 'model' axis: the parallel='model' "
+                           f"annotations of {sorted(annotated)} are ignored")
+        piped = mesh.get("pipe", 1) > 1
+        if strategy.microbatches > 1 and not piped:
+            changes.append(f"Hybrid: microbatches={strategy.microbatches} is ignored: the "
+                           f"mesh has no 'pipe' axis, so each batch runs whole")
         plan = build_plan(infos, mesh_axes=order, device_ids=device_ids, tensor_parallel=tp,
-                          microbatches=strategy.microbatches,
-                          schedule=strategy.schedule if mesh.get("pipe", 1) > 1 else "none",
-                          device_kind=kind, notes=notes)
+                          microbatches=strategy.microbatches if piped else 1,
+                          schedule=strategy.schedule if piped else "none",
+                          device_kind=kind)
     else:  # pragma: no cover - S.get validates
         raise ValueError(f"Unknown strategy {strategy!r}")
+
+    if staged and not plan.pipe_axis and not isinstance(strategy, S.Auto):
+        changes.append(f"{name} has no 'pipe' axis: the stage= annotations of {staged} are "
+                       f"ignored (use Pipeline, or Hybrid with a 'pipe' axis)")
+    plan.notes = notes + plan.notes
+    _say(plan, changes)
+    if batch_size is not None:
+        plan.batch_size = int(batch_size)
+        result = check_plan(plan, plan.batch_size, infos, what=name).raise_errors()
+        plan.notes += [c for c in result.changes if c not in plan.notes]  # fit re-checks
+        if batch_split(plan, plan.batch_size) == 1 and plan.data_parallel_size > 1:
+            for lp in plan.layers.values():
+                if lp.reason.startswith("replicated, batch split"):
+                    lp.reason = lp.reason.replace("batch split", "batch replicated (see notes)",
+                                                  1)
+    else:
+        check_plan(plan, None, infos, what=name).raise_errors()
 
     from hybridnet.planner import cost
     cost.estimate(plan, infos, batch_size=batch_size or 32, device_kind=plan.device_kind,
@@ -366,16 +458,21 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
     return plan
 
 
-def check_batch(plan: Plan, batch_size: int, what: str = "fit") -> None:
-    """Fails early if ``batch_size`` cannot run under ``plan``."""
-    if plan.microbatches > 1 and batch_size % plan.microbatches:
-        raise ValueError(f"{what}: the batch must split into {plan.microbatches} equal "
-                         f"microbatches. Received: batch_size={batch_size}")
-    per_micro = batch_size // max(plan.microbatches, 1)
-    if per_micro < plan.data_parallel_size and plan.microbatches > 1:
-        raise ValueError(f"{what}: each microbatch ({per_micro} samples) must be at least the "
-                         f"data-parallel size {plan.data_parallel_size}. Received: "
-                         f"batch_size={batch_size}, microbatches={plan.microbatches}")
+def _say(plan: Plan, changes: Sequence[str]) -> None:
+    """Adds changes of the request to the plan's changes and notes (once each)."""
+    for c in changes:
+        if c not in plan.changes:
+            plan.changes.append(c)
+        if c not in plan.notes:
+            plan.notes.append(c)
+
+
+def check_batch(plan: Plan, batch_size: int, what: str = "fit", *,
+                partial: bool = False) -> list[str]:
+    """Fails early if ``batch_size`` cannot run under ``plan``; returns what runs
+    differently from the plan's request (a batch replicated instead of split)."""
+    return list(check_plan(plan, batch_size, what=what, partial=partial)
+                .raise_errors().changes)
 
 
 __all__ = ["build_plan", "make_plan", "check_batch", "tensor_parallel_specs", "TENSOR_PARALLEL"]

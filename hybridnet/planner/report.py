@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hybridnet.planner.cost import format_bytes
+from hybridnet.planner.feasibility import batch_split
 from hybridnet.planner.schedule import schedule_ticks
 from hybridnet.planner.plan import Plan
 from hybridnet.planner.planner import SCHEDULES
@@ -81,7 +82,12 @@ def summary(plan: Plan) -> str:
     mesh = " x ".join(f"{a}={n}" for a, n in plan.mesh_axes.items()) or "1 device"
     lines.append(f"Plan: {plan.num_devices} devices ({plan.device_kind}), mesh {mesh}")
     batch = _batch_axes(plan)
-    lines.append(f"  batch split over {batch if batch else 'nothing (replicated)'}; "
+    planned = getattr(plan, "batch_size", None)
+    if planned and batch and plan.data_parallel_size > 1 and batch_split(plan, planned) == 1:
+        split = f"a batch of {planned} replicated (it does not divide over {batch})"
+    else:
+        split = f"batch split over {batch if batch else 'nothing (replicated)'}"
+    lines.append(f"  {split}; "
                  f"tensor-parallel axis: {plan.model_axis or '-'}; "
                  f"pipeline axis: {plan.pipe_axis or '-'}")
     if plan.stages:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from hybridnet.saving import registry
+from hybridnet.saving import keras_format, registry
 
 FORMAT = "hybridnet"
 VERSION = 2  # what this code writes; it reads versions 1..VERSION
@@ -774,9 +774,12 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
 
     Whatever cannot be restored later (an optimizer given as a raw optax
     transformation, an unregistered custom loss) is named in a warning here;
-    the file still loads, uncompiled, with its weights.
+    the file still loads, uncompiled, with its weights. A name ending in ``.keras``
+    gets Keras 3's format instead (see :mod:`hybridnet.saving.keras_format`).
     """
     from hybridnet import __version__
+    if os.fspath(filepath).endswith(keras_format.SUFFIX):
+        return keras_format.save_model(model, filepath, overwrite)
     view = _read_model(model, "config", "weights", "compile", "optimizer_state")
     problems: list = []
     model_entry = _model_entry(view, problems)
@@ -822,7 +825,8 @@ def load_model(filepath, custom_objects: dict | None = None, compile: bool = Tru
     """Loads a model saved by ``model.save``: architecture, weights, optimizer state.
 
     Args:
-        filepath: the file (any name: ``model.hnet``, ``model.keras``...).
+        filepath: a hybridnet model file (any name; ``.hnet`` by convention), or a
+            ``.keras`` file in Keras 3's format (told apart by its contents).
         custom_objects: name -> class or function, for custom layers, losses,
             metrics, optimizers and schedules (by registered name ``"package>name"``
             or plain name). Registered objects (``@hybridnet.saving.register_serializable``)
@@ -839,6 +843,8 @@ def load_model(filepath, custom_objects: dict | None = None, compile: bool = Tru
     """
     path = os.fspath(filepath)
     where = "load_model"
+    if keras_format.is_keras_file(path):
+        return keras_format.load_model(path, compile=compile, safe_mode=safe_mode)
     with _open_zip(path, where) as zf, registry.custom_object_scope(custom_objects):
         config = _read_config(zf, path, where)
         if config.get("weights_only"):

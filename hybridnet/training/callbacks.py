@@ -1,12 +1,13 @@
-"""Keras callbacks: Callback, History, ProgbarLogger, EarlyStopping, ModelCheckpoint,
-CSVLogger, TerminateOnNaN, LearningRateScheduler, LambdaCallback.
+"""Keras callbacks: Callback, CallbackList, History, ProgbarLogger, EarlyStopping,
+ModelCheckpoint, CSVLogger, TerminateOnNaN, LearningRateScheduler, LambdaCallback,
+ReduceLROnPlateau, TensorBoard.
 
-Per-batch ``logs`` are a lazy mapping: values are fetched from the device only
-when a callback reads them, so callbacks that ignore batch logs cost no host sync.
+Every hook gets ``logs`` as a dict. Per-batch logs are lazy: their values are fetched
+from the device only when a callback reads them, so callbacks that ignore batch logs
+cost no host sync, and batch hooks run only for callbacks that override one.
 """
 from __future__ import annotations
 
-import collections.abc
 import csv
 import math
 import os
@@ -21,36 +22,78 @@ _BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_beg
                 "on_batch_begin", "on_batch_end")
 
 
-class LazyLogs(collections.abc.Mapping):
-    """A read-only dict of metric values fetched from the device on first access.
+def pythonify_logs(logs) -> dict:
+    """Keras' ``pythonify_logs``: a new dict whose scalar values are Python floats
+    (arrays of several values stay numpy arrays; other values stay as they are)."""
+    out = {}
+    for key, value in (logs or {}).items():
+        if isinstance(value, dict):
+            out.update(pythonify_logs(value))
+            continue
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            value = np.asarray(value)
+            value = float(value) if value.size == 1 and value.dtype.kind in "biuf" else value
+        elif isinstance(value, (int, np.integer, np.floating)) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+class LazyLogs(dict):
+    """A dict of metric values fetched from the device on first use.
 
     ``compute`` returns device arrays already dispatched (nothing blocks until a value
-    is read); a callback may keep the logs and read them later."""
+    is read); a callback may keep the logs, read them later, or change them."""
 
     def __init__(self, compute):
+        super().__init__()
         self._compute = compute
-        self._values = None
 
-    def _get(self) -> dict:
-        if self._values is None:
-            self._values = {k: float(v) for k, v in self._compute().items()}
-        return self._values
-
-    def __getitem__(self, key):
-        return self._get()[key]
-
-    def __iter__(self):
-        return iter(self._get())
-
-    def __len__(self):
-        return len(self._get())
+    def _fill(self):
+        if self._compute is not None:
+            compute, self._compute = self._compute, None
+            dict.update(self, pythonify_logs(compute()))
+        return self
 
     def __repr__(self):
-        return repr(self._get())
+        return dict.__repr__(self._fill())
+
+    def __reduce__(self):
+        return dict, (dict(self._fill()),)
+
+
+def _eager(name):
+    method = getattr(dict, name)
+
+    def call(self, *args, **kwargs):
+        return method(self._fill(), *args, **kwargs)
+    call.__name__ = name
+    return call
+
+
+for _name in ("__getitem__", "__contains__", "__iter__", "__len__", "__eq__", "__ne__",
+              "__setitem__", "__delitem__", "__or__", "__ror__", "__ior__", "__reversed__",
+              "keys", "values", "items", "get", "copy", "update", "pop", "popitem",
+              "setdefault", "clear"):
+    setattr(LazyLogs, _name, _eager(_name))
+del _name
 
 
 class Callback:
-    """Base class: override any ``on_*`` hook. ``self.model`` and ``self.params`` are set."""
+    """Base class: override any ``on_*`` hook. ``self.model`` and ``self.params`` are set.
+
+    Every hook receives ``logs`` as a dict (empty where there is nothing to report),
+    in Keras' order: ``on_train_begin``, then per epoch ``on_epoch_begin``,
+    ``on_train_batch_begin/end`` per step, ``on_test_begin``,
+    ``on_test_batch_begin/end``, ``on_test_end`` when validating, ``on_epoch_end``;
+    finally ``on_train_end``. ``evaluate`` calls the ``on_test_*`` hooks, ``predict``
+    the ``on_predict_*`` hooks.
+
+    Example:
+        >>> class PrintLoss(Callback):
+        ...     def on_epoch_end(self, epoch, logs=None):
+        ...         print(epoch, logs["loss"])
+    """
 
     def __init__(self):
         self.model = None
@@ -66,8 +109,8 @@ class Callback:
     def on_train_end(self, logs=None): pass
     def on_epoch_begin(self, epoch, logs=None): pass
     def on_epoch_end(self, epoch, logs=None): pass
-    def on_train_batch_begin(self, batch, logs=None): self.on_batch_begin(batch, logs)
-    def on_train_batch_end(self, batch, logs=None): self.on_batch_end(batch, logs)
+    def on_train_batch_begin(self, batch, logs=None): self.on_batch_begin(batch, logs=logs)
+    def on_train_batch_end(self, batch, logs=None): self.on_batch_end(batch, logs=logs)
     def on_batch_begin(self, batch, logs=None): pass
     def on_batch_end(self, batch, logs=None): pass
     def on_test_begin(self, logs=None): pass
@@ -83,25 +126,82 @@ class Callback:
         return any(getattr(type(self), h) is not getattr(Callback, h) for h in _BATCH_HOOKS)
 
 
+def _as_logs(logs) -> dict:
+    if isinstance(logs, LazyLogs):
+        return logs
+    return pythonify_logs(logs)
+
+
 class CallbackList:
-    """Dispatches hooks; batch hooks go only to callbacks that override them."""
+    """Calls a hook on every callback, always with a dict of logs; batch hooks go only
+    to callbacks that override one (so a loop without them reads no per-step values).
+
+    Example:
+        >>> cbs = CallbackList([History()], model, {"epochs": 1, "steps": 10})
+        >>> cbs.on_train_begin()
+    """
 
     def __init__(self, callbacks, model, params):
-        self.callbacks = list(callbacks)
+        self.callbacks = list(callbacks or [])
+        self.model = model
+        self.params = params
         for cb in self.callbacks:
+            if not isinstance(cb, Callback):
+                raise ValueError("Expected `callbacks` to hold `Callback` instances. "
+                                 f"Received: {cb!r}")
             cb.set_model(model)
             cb.set_params(params)
         self.batch_callbacks = [cb for cb in self.callbacks if cb._uses_batch_hooks()]
 
-    def __getattr__(self, hook):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
-        targets = self.batch_callbacks if hook in _BATCH_HOOKS else self.callbacks
+    def _call(self, targets, hook, *args, logs=None):
+        logs = _as_logs(logs)
+        for cb in targets:
+            getattr(cb, hook)(*args, logs)
 
-        def call(*args, **kwargs):
-            for cb in targets:
-                getattr(cb, hook)(*args, **kwargs)
-        return call
+    def on_train_begin(self, logs=None):
+        self._call(self.callbacks, "on_train_begin", logs=logs)
+
+    def on_train_end(self, logs=None):
+        self._call(self.callbacks, "on_train_end", logs=logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call(self.callbacks, "on_epoch_begin", epoch, logs=logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._call(self.callbacks, "on_epoch_end", epoch, logs=logs)
+
+    def on_test_begin(self, logs=None):
+        self._call(self.callbacks, "on_test_begin", logs=logs)
+
+    def on_test_end(self, logs=None):
+        self._call(self.callbacks, "on_test_end", logs=logs)
+
+    def on_predict_begin(self, logs=None):
+        self._call(self.callbacks, "on_predict_begin", logs=logs)
+
+    def on_predict_end(self, logs=None):
+        self._call(self.callbacks, "on_predict_end", logs=logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._call(self.batch_callbacks, "on_train_batch_begin", batch, logs=logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._call(self.batch_callbacks, "on_train_batch_end", batch, logs=logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._call(self.batch_callbacks, "on_test_batch_begin", batch, logs=logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._call(self.batch_callbacks, "on_test_batch_end", batch, logs=logs)
+
+    def on_predict_batch_begin(self, batch, logs=None):
+        self._call(self.batch_callbacks, "on_predict_batch_begin", batch, logs=logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        # Keras hands the batch outputs over as they are (device arrays).
+        logs = dict(logs or {})
+        for cb in self.batch_callbacks:
+            cb.on_predict_batch_end(batch, logs)
 
 
 class History(Callback):
@@ -118,7 +218,9 @@ class History(Callback):
             self.history.setdefault(k, []).append(v)
 
 
-def _format_value(v: float) -> str:
+def _format_value(v) -> str:
+    if isinstance(v, np.ndarray):
+        v = float(np.mean(v))  # as Keras' progress bar shows arrays
     return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.4e}"
 
 
@@ -456,3 +558,215 @@ class ReduceLROnPlateau(Callback):
                 if self.verbose:
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {new}.")
             self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+def _summary_writer_class():
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as e:
+        raise ImportError("TensorBoard: writing event files needs the `tensorboardX` package "
+                          "(`pip install tensorboardX`).") from e
+    return SummaryWriter
+
+
+def _weight_image(value: np.ndarray):
+    """A weight as images (N, H, W, 1) as Keras' TensorBoard draws it, or None."""
+    w = np.squeeze(value)
+    if w.ndim == 1:  # bias
+        w = w.reshape(1, w.shape[0], 1, 1)
+    elif w.ndim == 2:  # dense kernel, the longer side across
+        if w.shape[0] > w.shape[1]:
+            w = w.T
+        w = w.reshape(1, w.shape[0], w.shape[1], 1)
+    elif w.ndim == 3:  # conv kernel, one image per channel
+        w = np.transpose(w, (2, 0, 1))[..., None]
+    else:
+        return None
+    return w
+
+
+class TensorBoard(Callback):
+    """Writes TensorBoard event files (with ``tensorboardX``), laid out as Keras does:
+    ``log_dir/train`` and ``log_dir/validation``.
+
+    Per epoch: ``epoch_<metric>`` scalars (and ``epoch_learning_rate``) at step
+    ``epoch``, validation metrics in ``validation`` without their ``val_`` prefix;
+    after each evaluation ``evaluation_<metric>_vs_iterations`` at the training step.
+    With ``update_freq="batch"`` or an int N, ``batch_<metric>`` every N training
+    batches (this reads the metrics from the device at those steps).
+
+    Args:
+        log_dir: where to write.
+        histogram_freq: every how many epochs to write weight histograms (0: never).
+        write_graph: write the model summary as text at the start of training.
+        write_images: with ``histogram_freq``, also write weights as images.
+        write_steps_per_second: also log training steps per second.
+        update_freq: "epoch", "batch" or an int (every N batches).
+        profile_batch: a batch (int) or a ``(start, stop)`` pair of batches to trace
+            with ``jax.profiler`` into ``log_dir/train``; 0 traces nothing.
+        embeddings_freq, embeddings_metadata: only 0 / None (not supported).
+
+    Example:
+        >>> model.fit(x, y, epochs=5, callbacks=[TensorBoard("logs/run1")])
+        >>> # then: tensorboard --logdir logs
+    """
+
+    def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
+                 write_steps_per_second=False, update_freq="epoch", profile_batch=0,
+                 embeddings_freq=0, embeddings_metadata=None):
+        super().__init__()
+        self._writer_class = _summary_writer_class()
+        if isinstance(histogram_freq, bool) or not isinstance(
+                histogram_freq, (int, np.integer)) or histogram_freq < 0:
+            raise ValueError("TensorBoard: `histogram_freq` must be an int >= 0. "
+                             f"Received: histogram_freq={histogram_freq!r}")
+        if update_freq not in ("epoch", "batch") and (
+                isinstance(update_freq, bool) or not isinstance(update_freq, (int, np.integer))
+                or update_freq < 1):
+            raise ValueError("TensorBoard: `update_freq` must be 'epoch', 'batch' or a "
+                             f"positive int. Received: update_freq={update_freq!r}")
+        if embeddings_freq or embeddings_metadata is not None:
+            raise ValueError("TensorBoard: embeddings are not supported. Received: "
+                             f"embeddings_freq={embeddings_freq!r}, "
+                             f"embeddings_metadata={embeddings_metadata!r}")
+        self.log_dir = os.fspath(log_dir)
+        self.histogram_freq = int(histogram_freq)
+        self.write_graph = write_graph
+        self.write_images = write_images
+        self.write_steps_per_second = write_steps_per_second
+        self.update_freq = 1 if update_freq == "batch" else update_freq
+        self.embeddings_freq = embeddings_freq
+        self.embeddings_metadata = embeddings_metadata
+        self._start_batch, self._stop_batch = self._parse_profile_batch(profile_batch)
+        self._writers: dict = {}
+        self._global_train_batch = 0
+        self._global_test_batch = 0
+        self._tracing = False
+
+    @staticmethod
+    def _parse_profile_batch(profile_batch):
+        value = profile_batch
+        if isinstance(value, str):
+            value = [int(v) for v in value.split(",")]
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = (int(value), int(value))
+        if not (isinstance(value, (tuple, list)) and len(value) == 2
+                and all(isinstance(v, (int, np.integer)) for v in value)
+                and 0 <= value[0] <= value[1]):
+            raise ValueError("TensorBoard: `profile_batch` must be an int >= 0 or a pair "
+                             f"(start, stop) of batches. Received: profile_batch={profile_batch!r}")
+        return int(value[0]), int(value[1])
+
+    @property
+    def _profiling(self) -> bool:
+        return self._stop_batch > 0
+
+    def _uses_batch_hooks(self) -> bool:
+        return self.update_freq != "epoch" or self._profiling
+
+    def _writer(self, which: str):
+        if which not in self._writers:
+            self._writers[which] = self._writer_class(
+                logdir=os.path.join(self.log_dir, which))
+        return self._writers[which]
+
+    def _scalars(self, which: str, logs: dict, prefix: str, step: int):
+        writer = self._writer(which)
+        for name, value in logs.items():
+            value = np.asarray(value, dtype=np.float64) if not isinstance(value, float) \
+                else value
+            if isinstance(value, float) or value.size == 1:
+                writer.add_scalar(f"{prefix}{name}", float(value), step)
+            else:  # one scalar per threshold
+                for i, v in enumerate(value.reshape(-1)):
+                    writer.add_scalar(f"{prefix}{name}/{i}", float(v), step)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_begin(self, logs=None):
+        self._global_train_batch = 0
+        if self.write_graph:
+            lines = []
+            self.model.summary(print_fn=lines.append)
+            self._writer("train").add_text("model_summary",
+                                           "<pre>" + "\n".join(lines) + "</pre>", 0)
+
+    def on_train_end(self, logs=None):
+        if self._tracing:
+            self._stop_trace()
+        self._close()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.write_steps_per_second:
+            self._epoch_start = (time.perf_counter(), self.model.iterations)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._global_train_batch += 1
+        if self.write_steps_per_second:
+            self._batch_start = time.perf_counter()
+        if self._profiling and not self._tracing and self._global_train_batch == max(
+                self._start_batch, 1):
+            import jax
+            jax.profiler.start_trace(os.path.join(self.log_dir, "train"))
+            self._tracing = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._global_train_batch
+        if self.update_freq != "epoch" and step % self.update_freq == 0:
+            if self.write_steps_per_second:
+                elapsed = max(time.perf_counter() - self._batch_start, 1e-9)
+                self._writer("train").add_scalar("batch_steps_per_second", 1.0 / elapsed, step)
+            self._scalars("train", dict(logs or {}), "batch_", step)
+        if self._tracing and step >= self._stop_batch:
+            self._stop_trace()
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._global_test_batch += 1
+
+    def on_test_end(self, logs=None):
+        if self.model is not None and getattr(self.model, "optimizer", None) is not None:
+            iterations = int(self.model.iterations)
+            self._scalars("validation", {f"evaluation_{k}_vs_iterations": v
+                                         for k, v in (logs or {}).items()}, "", iterations)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        train = {k: v for k, v in logs.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in logs.items() if k.startswith("val_")}
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is not None and train:
+            train["learning_rate"] = float(optimizer.learning_rate)
+        if self.write_steps_per_second and train:
+            start, start_iterations = self._epoch_start
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            train["steps_per_second"] = (self.model.iterations - start_iterations) / elapsed
+        if train:
+            self._scalars("train", train, "epoch_", epoch)
+        if val:
+            self._scalars("validation", val, "epoch_", epoch)
+        if self.histogram_freq and epoch % self.histogram_freq == 0:
+            self._log_weights(epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    # ---------------------------------------------------------------- helpers
+    def _log_weights(self, epoch):
+        writer = self._writer("train")
+        for layer in self.model.layers:
+            for i, (spec, value) in enumerate(zip(layer.weights, layer.get_weights())):
+                name = f"{layer.name}/{getattr(spec, 'path', None) or getattr(spec, 'name', i)}"
+                name = name.replace(":", "_")
+                writer.add_histogram(f"{name}/histogram", np.asarray(value, np.float32), epoch)
+                if self.write_images:
+                    image = _weight_image(np.asarray(value, np.float32))
+                    if image is not None:
+                        writer.add_images(f"{name}/image", image, epoch, dataformats="NHWC")
+
+    def _stop_trace(self):
+        import jax
+        jax.profiler.stop_trace()
+        self._tracing = False
+
+    def _close(self):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

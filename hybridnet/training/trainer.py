@@ -128,6 +128,15 @@ class _Member:
             self.model._commit_state(self.state)
 
 
+def _last_batch_size(adapter) -> int | None:
+    """The size of an epoch's last batch when it is smaller than the others."""
+    size, samples, batches = adapter.batch_size, adapter.num_samples, adapter.num_batches
+    if not (size and samples and batches):
+        return None
+    last = min(samples, batches * size) - (batches - 1) * size
+    return last if 0 < last < size else None
+
+
 def _structure(model, batch):
     """A host batch in the user's structure -> (inputs list, targets, weights, size)."""
     x, y, sw = batch
@@ -172,14 +181,15 @@ class Trainer:
                 model._planned_batch_size = adapter.batch_size  # the cost model plans for it
         return adapter
 
-    def _prepare(self, first_batch, what):
+    def _prepare(self, first_batch, what, last_batch=None):
         """Builds (Sequential), checks the inputs against the model and the batch size
-        against each plan, before anything is compiled."""
+        (and the epoch's last, smaller batch) against each plan, before anything is
+        compiled."""
         for model in self.models:
             xs = model._to_input_list(first_batch[0])
             model._prepare(xs)
             model._check_inputs(xs)
-            model._check_batch_size(int(xs[0].shape[0]), what)
+            model._check_batch_size(int(xs[0].shape[0]), what, last_batch=last_batch)
 
     def _batches(self, adapter, rng, what, members, steps_per_execution=1, prefetch=False):
         """Host batches -> (x, y, sw, batch size, steps) for the steps, k stacked per
@@ -189,7 +199,7 @@ class Trainer:
         first = next(iterator, None)
         if first is None:
             return
-        self._prepare(first, what)
+        self._prepare(first, what, _last_batch_size(adapter))
         for member in members:
             member.pull()
         model = self.model
@@ -275,7 +285,7 @@ class Trainer:
                 epoch_logs = logs
                 if val_data is not None and (epoch + 1) % validation_freq == 0 and \
                         not model._terminated_on_nan:
-                    val_logs = self._evaluate_data(val_data, None)
+                    val_logs = self._run_evaluation(val_data, cbs)
                     epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
                 cbs.on_epoch_end(epoch, epoch_logs)
                 data.on_epoch_end()
@@ -351,25 +361,35 @@ class Trainer:
         models each key is prefixed by its model's name."""
         if len(members) == 1:
             names = members[0].model.metrics_names
-            return {k: float(values[0][k]) for k in names}
-        return {f"{m.model.name}_{k}": float(vals[k]) for m, vals in zip(members, values)
-                for k in m.model.metrics_names}
+            return callbacks_lib.pythonify_logs({k: values[0][k] for k in names})
+        return callbacks_lib.pythonify_logs({
+            f"{m.model.name}_{k}": vals[k] for m, vals in zip(members, values)
+            for k in m.model.metrics_names})
 
     # ----------------------------------------------------------------- evaluate
+    def _run_evaluation(self, data, cbs) -> dict:
+        """``on_test_begin``, the test batches, ``on_test_end(logs)``: Keras' evaluate,
+        also inside ``fit`` for validation with fit's callbacks."""
+        cbs.on_test_begin()
+        logs = self._evaluate_data(data, cbs)
+        cbs.on_test_end(logs)
+        return logs
+
     def _evaluate_data(self, data, cbs) -> dict:
         members = [_Member(m) for m in self.models]
         mstates = None
         ran = False
+        batch_callbacks = bool(cbs.batch_callbacks)
         for i, (xb, yb, swb, n, _) in enumerate(self._batches(data, None, "evaluate",
                                                                members)):
             if mstates is None:
                 mstates = [m.runner.init_metrics() for m in members]
-            if cbs:
+            if batch_callbacks:
                 cbs.on_test_batch_begin(i)
             mstates = [m.runner.evaluate(m.state, ms, xb, yb, swb, n)
                        for m, ms in zip(members, mstates)]
             ran = True
-            if cbs and cbs.batch_callbacks:
+            if batch_callbacks:
                 values = [m.runner.results(ms) for m, ms in zip(members, mstates)]
                 cbs.on_test_batch_end(i, callbacks_lib.LazyLogs(
                     lambda v=values: self._merge_logs(members, v)))
@@ -389,11 +409,9 @@ class Trainer:
         data = self._adapter(x, y, sample_weight, batch_size, steps, False, "evaluate")
         cbs = callbacks_lib.CallbackList(list(callbacks or []), self.model,
                                          {"steps": data.num_batches})
-        cbs.on_test_begin()
-        logs = self._evaluate_data(data, cbs)
-        cbs.on_test_end(logs)
+        logs = self._run_evaluation(data, cbs)
         if verbose not in (0, False):
-            print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
+            print(" - ".join(f"{k}: {callbacks_lib._format_value(v)}" for k, v in logs.items()))
         if return_dict:
             return logs
         values = list(logs.values())
@@ -410,11 +428,15 @@ class Trainer:
                                          {"steps": data.num_batches})
         cbs.on_predict_begin()
         chunks = [[] for _ in members]
+        batch_callbacks = bool(cbs.batch_callbacks)
         for i, (xb, _, _, n, _) in enumerate(self._batches(data, None, "predict", members)):
-            cbs.on_predict_batch_begin(i)
+            if batch_callbacks:
+                cbs.on_predict_batch_begin(i)
             for member, out in zip(members, chunks):
                 out.append(member.runner.predict(member.state, xb, n))
-            cbs.on_predict_batch_end(i, {"outputs": chunks[0][-1]})
+            if batch_callbacks:
+                cbs.on_predict_batch_end(i, {"outputs": members[0].model._structure_outputs(
+                    list(chunks[0][-1]))})
         if not chunks[0]:
             raise ValueError("predict: the dataset produced no batches. Received an empty "
                              "iterable for `x`")
