@@ -11,7 +11,7 @@ from hybridnet.layers import Input
 from hybridnet.models import Model, Sequential, load_model
 from hybridnet.strategies import Shard
 from hybridnet.execution.state import TrainState
-from hybridnet import callbacks
+from hybridnet import callbacks, distributed
 
 __version__ = "0.1.0"
 __all__ = ["Input", "Model", "Shard", "Sequential", "TrainState", "load_model", "activations", "callbacks",

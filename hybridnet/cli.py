@@ -3,6 +3,7 @@
     hybridnet plan examples/alexnet.py --devices 64 [--device-kind h100]
         [--strategy auto|data|model] [--batch-size 128] [--function NAME]
         [--input-shape 224,224,3] [--json] [--figure plan.png]
+    hybridnet launch -n 2 [--devices-per-process 4] train.py [args ...]
 
 ``plan`` loads a Python file, calls its model-building function (``build_model``,
 ``alexnet`` or ``model``, or ``--function NAME``), which only declares weight shapes,
@@ -135,7 +136,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--figure", default=None, help="also draw the plan to this .png/.svg file")
     p.set_defaults(run=plan_command)
+    p = sub.add_parser("launch", help="run a script in N local processes on one coordinator",
+                       description="Run `python script [args]` in N processes wired to one "
+                                   "jax.distributed coordinator; output prefixed by rank.")
+    p.add_argument("-n", "--num-processes", type=_positive, required=True)
+    p.add_argument("--devices-per-process", type=_positive, default=None,
+                   help="simulated CPU devices per process")
+    p.add_argument("script", help="the Python script to run")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments")
+    p.set_defaults(run=launch_command)
     return parser
+
+
+def launch_command(args) -> int:
+    from hybridnet.distributed.launcher import launch
+    if not Path(args.script).is_file():
+        raise FileNotFoundError(f"no such script. Received: {args.script!r}")
+    return launch([sys.executable, args.script, *args.script_args], args.num_processes,
+                  args.devices_per_process)
 
 
 def main(argv=None) -> int:

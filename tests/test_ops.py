@@ -572,7 +572,7 @@ def test_every_op_has_a_value_case():
     untested = {n for n in _public(kops) | _public(kops.image) if hasattr(ops, n) or hasattr(ops.image, n)}
     untested -= tested | {"cond", "switch", "while_loop", "fori_loop", "scan", "associative_scan", "map",
                           "vectorized_map", "stop_gradient", "custom_gradient", "jvp", "convert_to_numpy",
-                          "vectorize", "eig"}
+                          "vectorize", "eig", "empty", "empty_like"}
     assert not sorted(untested)
 
 
@@ -647,6 +647,14 @@ def test_pooling_strides_default_to_pool_size():
     # documented default (strides = pool_size).
     assert_same(ops.max_pool(IMG, 2), kops.max_pool(IMG, 2, strides=2))
     assert_same(ops.average_pool(IMG, (2, 3)), kops.average_pool(IMG, (2, 3), strides=(2, 3)))
+
+
+def test_empty_shapes_and_dtypes():
+    # The values of empty tensors are unspecified; compare everything else.
+    pairs = [(ops.empty((2, 3)), kops.empty((2, 3))), (ops.empty((2,), "int32"), kops.empty((2,), "int32")),
+             (ops.empty_like(I), kops.empty_like(I)), (ops.empty_like(X, "int32"), kops.empty_like(X, "int32"))]
+    for ours, theirs in pairs:
+        assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype)
 
 
 def test_eig_reconstructs():
