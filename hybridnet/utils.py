@@ -309,7 +309,12 @@ def plot_model(model, to_file="model.png", show_shapes=False, show_dtype=False,
 
 
 def __getattr__(name):
-    if name == "PyDataset":  # imported on use: the data package imports this module's users
+    # Imported on use: those modules import this one.
+    if name == "PyDataset":
         from hybridnet.data.py_dataset import PyDataset
         return PyDataset
+    if name in ("register_keras_serializable", "get_registered_name", "get_registered_object",
+                "custom_object_scope", "get_custom_objects"):
+        from hybridnet import saving
+        return getattr(saving, name)
     raise AttributeError(f"module 'hybridnet.utils' has no attribute {name!r}")

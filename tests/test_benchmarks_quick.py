@@ -31,6 +31,7 @@ WORKERS = 2
 QUICK = {
     "overhead.py": ["--quick", "--steps-per-execution", "4"],
     "parallel.py": ["--quick"],
+    "plan_equivalence.py": ["--quick"],
     "kernels.py": ["--quick"],
     "kernel_resources.py": ["--quick"],
     "tpu_compile.py": ["--quick"],
@@ -160,6 +161,18 @@ def test_parallel_quick(quick_runs):
         assert row["hlo_shape_check_failures"] == [], row["hlo_shape_check_failures"]
         assert finite(row["memory_compiled"]["total"], "memory_compiled") > 0
     assert "auto / dp: operand bytes" in stderr  # the table
+
+
+def test_plan_equivalence_quick(quick_runs):
+    r, stderr = run_json(quick_runs, "plan_equivalence.py")
+    assert r["benchmark"] == "plan_equivalence" and r["quick"] is True and r["devices"] == 8
+    assert set(r["matrix"]) == {"resnet_bn", "mlp_ln", "seq2seq"}
+    for family, row in r["matrix"].items():
+        assert list(row) == ["pipe2_m4_1f1b"], row
+        assert finite(row["pipe2_m4_1f1b"], family) <= r["tolerance"], r["details"][family]
+    assert r["details"]["resnet_bn"]["pipe2_m4_1f1b"]["checked"] == "input BN moving statistics"
+    assert r["all_within_tolerance"] is True
+    assert "max relative difference" in stderr  # the table
 
 
 def test_kernels_quick(quick_runs):

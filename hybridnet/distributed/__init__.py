@@ -122,4 +122,12 @@ def is_chief() -> bool:
     return process_index() == 0
 
 
-__all__ = ["detect_cluster", "initialize", "is_chief", "process_count", "process_index"]
+def __getattr__(name):
+    if name in ("barrier", "fetch", "fetch_to_chief"):  # imported lazily: they need jax
+        from hybridnet.distributed import arrays
+        return getattr(arrays, name)
+    raise AttributeError(f"module 'hybridnet.distributed' has no attribute {name!r}")
+
+
+__all__ = ["barrier", "detect_cluster", "fetch", "fetch_to_chief", "initialize", "is_chief",
+           "process_count", "process_index"]

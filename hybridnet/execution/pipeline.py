@@ -19,19 +19,30 @@ receiving stage's batch sharding. The host only enqueues work in the order of
 :func:`schedule_events` (GPipe or 1F1B); it never waits on a device inside a step, so
 stages overlap on real hardware.
 
-Numerics (invariant 1): with ``m`` equal microbatches the gradient accumulated is that of
-``sum_j loss_j / m`` = the full-batch ``sum_over_batch_size`` loss, so losses, gradients
-and updated parameters equal the single-device step. Known, documented differences:
+Numerics (invariant 1): a loss is a weighted sum over samples (or valid tokens, or
+sample weights) divided by the batch's total (``losses.weighted_sum_and_divisor``). A
+small program on the last stage computes each output's divisor for the whole batch
+before any microbatch runs (from the targets, the sample weights and the outputs' masks;
+the masks by a dead-code-eliminated trace of the model that reads only the inputs they
+derive from); each microbatch then contributes its sum over that divisor, so losses,
+gradients, updated parameters, logged metrics, ``evaluate`` and ``predict`` equal the
+one-device step, however the batch is cut (a last batch the microbatch count does not
+divide runs as one microbatch). Known, documented differences:
 
-* BatchNormalization normalises each microbatch with its own batch statistics and
-  updates the moving statistics sequentially through the microbatches (as GPipe does),
-  so with ``m > 1`` training-mode outputs and moving averages differ from one
-  full-batch step (identical for ``m == 1``).
+* BatchNormalization normalises each microbatch with its own batch statistics (as GPipe
+  does), so with ``m > 1`` training-mode outputs differ from one full-batch step
+  (identical for ``m == 1``; for full-batch statistics use ``m == 1`` or an SPMD plan).
+  Its moving statistics get one update per step, as GPipe tracks them: every microbatch
+  starts from the step's values and :func:`merge_microbatch_updates` combines what they
+  assigned (a layer's ``merge_microbatch_updates`` hook; BatchNormalization merges the
+  microbatch means and variances by the law of total variance, which for statistics of
+  the raw input equals the whole batch's).
 * Dropout: microbatch ``j`` of step ``t`` uses the key
   ``fold_in(fold_in(ts.rng, t), j)`` (reproducible; the distribution is the SPMD one,
   the draws differ).
-* Losses whose normaliser depends on the batch (masked means over valid tokens,
-  ``mean_with_sample_weight``) are averaged per microbatch.
+* If the outputs' masks depend on weights (a mask computed from a learned value), the
+  divisors cannot be known before the microbatches run: each microbatch is then
+  normalised by its own (a warning says so).
 * The optimizer runs per stage on that stage's parameters: exact for per-leaf
   transforms (SGD, Adam, RMSprop, clipnorm, clipvalue, weight decay). For
   ``global_clipnorm`` pass ``global_clipnorm=`` to the executor: it computes the global
@@ -54,6 +65,7 @@ from jax.interpreters import partial_eval as pe
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
+from hybridnet.execution.processes import check_plan_processes
 from hybridnet.execution.state import TrainState
 from hybridnet.execution.steps import PackedMetrics, _as_list, _merge, _select
 from hybridnet.planner.plan import Plan
@@ -155,6 +167,7 @@ class PipelineExecutor:
         if not plan.stages:
             raise ValueError("PipelineExecutor: the plan has no pipeline stages. Received: "
                              "plan.stages=[]")
+        check_plan_processes(plan, "PipelineExecutor")
         self.graph = graph
         self.plan = plan
         self.trainable = trainable

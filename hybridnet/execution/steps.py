@@ -17,6 +17,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
+from hybridnet.execution.processes import check_plan_processes
 from hybridnet.execution.state import TrainState
 from hybridnet.planner.plan import Plan
 
@@ -62,6 +63,7 @@ class Executor:
 
     def __init__(self, run: Callable, plan: Plan, trainable: dict, optimizer=None, loss=None,
                  metrics=None, num_outputs: int = 1):
+        check_plan_processes(plan, "Executor")
         self.run = run
         self.plan = plan
         self.mesh = plan.mesh()

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from hybridnet import random
-from hybridnet.layers.base import Layer
-from hybridnet.variables import SeedGenerator
+from hybridnet.layers.base import KerasTensor, Layer, _abstract, _is_symbolic
+from hybridnet.variables import SeedGenerator, StatelessScope
 from hybridnet.layers.conv import _owner
 
 
@@ -352,6 +352,21 @@ class MultiHeadAttention(Layer):
                             f"{len(args)} positional inputs")
         self._return_attention_scores = bool(kwargs.get("return_attention_scores", False))
         return super().__call__(*args, **kwargs)
+
+    def _trace_outputs(self, args, kwargs):
+        """As :meth:`Layer._trace_outputs`, with the Python flags among ``kwargs``
+        (``return_attention_scores``, ``use_causal_mask``) kept static."""
+        flags = {k: v for k, v in kwargs.items() if not _is_symbolic(v)}
+        tensors = {k: v for k, v in kwargs.items() if k not in flags}
+
+        def run(a, k):
+            with StatelessScope(abstract=True, training=False):
+                return self.call(*a, **self._call_arguments({**k, **flags}, False, None))
+        outs = [jax.eval_shape(run, _abstract(args, b), _abstract(tensors, b)) for b in (83, 89)]
+        return jax.tree_util.tree_map(
+            lambda s1, s2: KerasTensor(tuple(d1 if d1 == d2 else None
+                                             for d1, d2 in zip(s1.shape, s2.shape)), s1.dtype),
+            outs[0], outs[1])
 
     def _check_input(self, input_shape):
         if isinstance(input_shape, list) or len(input_shape) < 3:

@@ -377,8 +377,9 @@ class Model(Layer):
 
     def get_weights(self) -> list[np.ndarray]:
         """All weight values as numpy arrays, layer by layer (Keras order)."""
+        from hybridnet.distributed import fetch
         variables = self.variables
-        return [np.asarray(variables[layer.name][w]) for layer in self._graph_layers()
+        return [fetch(variables[layer.name][w]) for layer in self._graph_layers()
                 for w in layer.weight_specs]
 
     def set_weights(self, weights) -> None:
@@ -491,7 +492,7 @@ class Model(Layer):
             metrics: metric names/objects; a list or dict per output.
             steps_per_execution: training steps run per device dispatch.
             strategy: a ``hybridnet.strategies`` object; default data parallel over all
-                local devices.
+                devices (of every process, after ``hybridnet.distributed.initialize()``).
         """
         if not isinstance(steps_per_execution, int) or steps_per_execution < 1:
             raise ValueError("compile: `steps_per_execution` must be a positive int. "
@@ -594,7 +595,10 @@ class Model(Layer):
         runs replicated, ...)."""
         from hybridnet.planner.feasibility import check_plan
         plan = self._get_runner().plan
-        changes = list(check_plan(plan, batch_size, what=what).raise_errors().changes)
+        # Inference adapts to any batch (a batch that does not split runs replicated);
+        # training refuses a configured batch size the plan cannot split.
+        changes = list(check_plan(plan, batch_size, what=what,
+                                  partial=what != "fit").raise_errors().changes)
         if last_batch:
             changes += check_plan(plan, last_batch, what=what, partial=True).changes
         if what != "fit":

@@ -296,7 +296,7 @@ def _devices(strategy, devices) -> tuple[list[int], str]:
     chosen = chosen if chosen is not None else devices
     if chosen is None:
         import jax
-        chosen = jax.local_devices()
+        chosen = jax.devices()  # every process's devices: one plan for the whole job
     if isinstance(chosen, int):
         if chosen < 1:
             raise ValueError(f"make_plan: need at least one device. Received: devices={chosen}")

@@ -12,6 +12,9 @@ from hybridnet.saving.registry import (CustomObjectScope, UnknownObjectError, cu
                                        get_custom_objects, get_registered_name,
                                        get_registered_object, register_serializable)
 
+register_keras_serializable = register_serializable  # Keras's name, for ported code
+
 __all__ = ["FORMAT", "VERSION", "CustomObjectScope", "UnknownObjectError", "custom_object_scope",
            "get_custom_objects", "get_registered_name", "get_registered_object", "load_model",
-           "load_weights", "register_serializable", "save_model", "save_weights"]
+           "load_weights", "register_keras_serializable", "register_serializable", "save_model",
+           "save_weights"]

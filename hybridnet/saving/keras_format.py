@@ -647,9 +647,10 @@ def _write_layer_groups(h5, layer, class_name: str, group: str, values: dict) ->
             g.create_dataset(str(i), data=np.asarray(values[w]))
 
 
-def _weights_h5(model, class_names: dict, order: list[str], sequential: bool) -> bytes:
+def _weights_h5(model, class_names: dict, order: list[str], sequential: bool,
+                values: dict) -> bytes:
+    """``model.weights.h5`` from ``values``, host arrays by layer and weight."""
     import h5py
-    values = model_file._read_model(model, "weights")["weights"]
     groups = _weight_groups(class_names, order, sequential)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as h5:
@@ -802,7 +803,8 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
     class_names = {layer.name: type(layer).__name__ for layer in model.layers}
     if not sequential:
         class_names.update({e["name"]: e["class_name"] for e in top["config"]["layers"]})
-    weights = _weights_h5(model, class_names, order, sequential)
+    arrays = [((name, w), a) for name, ws in model_file._read_model(
+        model, "weights")["weights"].items() for w, a in ws.items()]
     metadata = {"keras_version": KERAS_VERSION,
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
                 "producer": f"hybridnet {__version__}"}
@@ -814,11 +816,14 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
         warnings.warn(f"save: model '{model.name}' as a .keras file: " + "; ".join(notes) + ".",
                       stacklevel=3)
 
-    def write(zf):
+    def write(zf, pairs):
+        values: dict = {}
+        for (name, w), array in pairs:
+            values.setdefault(name, {})[w] = array
         zf.writestr(METADATA, json.dumps(metadata))
         zf.writestr(CONFIG, config_text)
-        zf.writestr(WEIGHTS, weights)
-    model_file._atomic_write(filepath, overwrite, write)
+        zf.writestr(WEIGHTS, _weights_h5(model, class_names, order, sequential, values))
+    model_file._save_once(filepath, overwrite, write, arrays)
 
 
 def load_model(filepath, compile: bool = True, safe_mode: bool = True):

@@ -300,10 +300,15 @@ def _remove_stale_temp_files(directory: str) -> list[str]:
     return removed
 
 
+def _check_overwrite(filepath, overwrite: bool) -> None:
+    if os.path.exists(filepath) and not overwrite:
+        raise FileExistsError(f"save: {os.fspath(filepath)!r} exists. Received: "
+                              f"overwrite=False")
+
+
 def _atomic_write(filepath, overwrite: bool, write) -> None:
     filepath = os.fspath(filepath)
-    if os.path.exists(filepath) and not overwrite:
-        raise FileExistsError(f"save: {filepath!r} exists. Received: overwrite=False")
+    _check_overwrite(filepath, overwrite)
     directory = os.path.dirname(os.path.abspath(filepath))
     os.makedirs(directory, exist_ok=True)
     _remove_stale_temp_files(directory)
@@ -328,6 +333,23 @@ def _atomic_write(filepath, overwrite: bool, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _save_once(filepath, overwrite: bool, write, arrays) -> None:
+    """Saves from every process of a job (or from the one): ``arrays``, (key, array)
+    pairs, reach the chief one at a time as ``write(zf, pairs)`` reads them (gathered
+    shard by shard where an array spans processes); only the chief writes the file;
+    every process returns once it is in place."""
+    from hybridnet.distributed.arrays import barrier, fetch_to_chief
+    _check_overwrite(filepath, overwrite)
+    barrier("hybridnet.save: checked")
+    pairs = ((key, fetch_to_chief(array)) for key, array in arrays)
+    if jax.process_index() == 0:
+        _atomic_write(filepath, overwrite, lambda zf: write(zf, pairs))
+    else:
+        for _ in pairs:
+            pass
+    barrier("hybridnet.save: written")
 
 
 # =====================================================================================
@@ -796,9 +818,9 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
             and "unsaveable" in compile_config["optimizer"]):
         optimizer_state = []
         for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-            leaf = np.asarray(leaf)
             entry = _Entry(jax.tree_util.keystr(p), _optimizer_file(p),
-                           _dtype_name(leaf.dtype), leaf.shape)
+                           _dtype_name(leaf.dtype if hasattr(leaf, "dtype") else
+                                       np.asarray(leaf).dtype), tuple(np.shape(leaf)))
             optimizer_state.append(entry.to_json())
             arrays.append((entry, leaf))
     file_config = {"format": FORMAT, "version": VERSION, "hybridnet_version": __version__,
@@ -813,11 +835,11 @@ def save_model(model, filepath, overwrite: bool = True) -> None:
     for problem in problems:
         warnings.warn(f"save: model '{model.name}': {problem}", stacklevel=3)
 
-    def write(zf):
+    def write(zf, pairs):
         zf.writestr("config.json", text)
-        for entry, array in arrays:
+        for entry, array in pairs:
             _put_array(zf, entry, array)
-    _atomic_write(filepath, overwrite, write)
+    _save_once(filepath, overwrite, write, arrays)
 
 
 def load_model(filepath, custom_objects: dict | None = None, compile: bool = True,
@@ -924,13 +946,15 @@ def save_weights(model, filepath, overwrite: bool = True) -> None:
     text = json.dumps({"format": FORMAT, "version": VERSION, "weights_only": True,
                        "weights": weights}, indent=1)
 
-    def write(zf):
+    arrays = [(_Entry(w["name"], w["file"], w["dtype"], tuple(w["shape"])),
+               view["weights"][item["layer"]][w["name"]])
+              for item in weights for w in item["weights"]]
+
+    def write(zf, pairs):
         zf.writestr("config.json", text)
-        for item in weights:
-            for w in item["weights"]:
-                _put_array(zf, _Entry(w["name"], w["file"], w["dtype"], tuple(w["shape"])),
-                           view["weights"][item["layer"]][w["name"]])
-    _atomic_write(filepath, overwrite, write)
+        for entry, array in pairs:
+            _put_array(zf, entry, array)
+    _save_once(filepath, overwrite, write, arrays)
 
 
 def load_weights(model, filepath) -> None:

@@ -41,7 +41,7 @@ class DataParallel:
     """Replicated parameters, batch split over a ``data`` mesh axis.
 
     Args:
-        devices: the devices to use; None means every local device.
+        devices: the devices to use; None means every device of every process.
     """
     devices: Sequence[Any] | None = None
     axis_name: str = "data"
@@ -53,7 +53,7 @@ class ModelParallel:
 
     Args:
         model: size of the ``model`` axis (default: all devices); the rest is ``data``.
-        devices: the devices to use; None means every local device.
+        devices: the devices to use; None means every device of every process.
     """
     model: int | None = None
     devices: Sequence[Any] | None = None
@@ -68,7 +68,7 @@ class Pipeline:
             its own stage, at most one layer per stage).
         microbatches: microbatches per batch (gradients accumulated over them).
         schedule: "gpipe" (all forwards, then all backwards) or "1f1b".
-        devices: the devices to use; None means every local device.
+        devices: the devices to use; None means every device of every process.
     """
     stages: int | None = None
     microbatches: int = 1
@@ -96,7 +96,7 @@ class Auto:
     bandwidth, memory limit per device).
 
     Args:
-        devices: the devices to plan for; None means every local device.
+        devices: the devices to plan for; None means every device of every process.
         device_kind: the cost-model device ("cpu", "h100", "h200", "a100", "v5e", ...);
             None: the kind of ``devices``.
         memory_limit: bytes per device (None: the device kind's memory).

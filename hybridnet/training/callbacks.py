@@ -89,11 +89,15 @@ class Callback:
     finally ``on_train_end``. ``evaluate`` calls the ``on_test_*`` hooks, ``predict``
     the ``on_predict_*`` hooks.
 
+    ``chief_only = True`` marks a callback that only prints or writes files: under
+    several processes fit runs it on the chief (process 0) only.
+
     Example:
         >>> class PrintLoss(Callback):
         ...     def on_epoch_end(self, epoch, logs=None):
         ...         print(epoch, logs["loss"])
     """
+    chief_only = False
 
     def __init__(self):
         self.model = None
@@ -238,6 +242,7 @@ class ProgbarLogger(Callback):
     verbose=1 redraws one line (about every 0.1 s) on a terminal, and prints one
     line per epoch otherwise; verbose=2 prints one line per epoch.
     """
+    chief_only = True
 
     def __init__(self, verbose: int = 1, stream=None, interval: float = 0.1):
         super().__init__()
@@ -437,6 +442,7 @@ class ModelCheckpoint(Callback):
 
 class CSVLogger(Callback):
     """Streams epoch logs to a CSV file: ``CSVLogger("training.log", append=False)``."""
+    chief_only = True
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
@@ -610,6 +616,7 @@ class TensorBoard(Callback):
         >>> model.fit(x, y, epochs=5, callbacks=[TensorBoard("logs/run1")])
         >>> # then: tensorboard --logdir logs
     """
+    chief_only = True
 
     def __init__(self, log_dir="logs", histogram_freq=0, write_graph=True, write_images=False,
                  write_steps_per_second=False, update_freq="epoch", profile_batch=0,

@@ -21,7 +21,9 @@ import warnings
 
 import numpy as np
 
+from hybridnet import distributed
 from hybridnet.data import get_data_adapter, group_batches, prefetch_to_device
+from hybridnet.execution.processes import check_process_batch
 from hybridnet.training import callbacks as callbacks_lib
 
 
@@ -109,10 +111,18 @@ class _InterruptGuard:
 # ------------------------------------------------------------------------------ members
 
 class _Member:
-    """One model driven by a Trainer: its runner, its live state, its compiled steps."""
+    """One model driven by a Trainer: its runner, its live state, its compiled steps.
+
+    A member may stand for several models run as one program (a stacked ensemble,
+    ``hybridnet.ensemble``): an object with ``_trainer_member()`` passed to the Trainer
+    returns such a member. Every member answers for its ``models`` in order: ``results``,
+    ``evaluate`` and ``predict`` give one entry per model, and ``active`` says whether
+    any of them still trains (a model whose ``stop_training`` is set takes no more steps).
+    """
 
     def __init__(self, model):
         self.model = model
+        self.models = [model]
         self.runner = None
         self.state = None
 
@@ -127,11 +137,105 @@ class _Member:
         if self.state is not None and self.state.is_live():
             self.model._commit_state(self.state)
 
+    def active(self) -> bool:
+        return not self.model.stop_training
+
+    def train_fn(self, batch_size: int, steps: int = 1):
+        return self.runner.train_fn(batch_size, steps)
+
+    def reset_metrics(self):
+        self.state = self.state.replace(metrics=self.runner.init_metrics())
+
+    def results(self, metrics) -> list:
+        return [self.runner.results(metrics)]
+
+    def init_metrics(self):
+        return self.runner.init_metrics()
+
+    def evaluate(self, metrics, x, y, sw, batch_size):
+        return self.runner.evaluate(self.state, metrics, x, y, sw, batch_size)
+
+    def predict(self, x, batch_size) -> list:
+        return [self.runner.predict(self.state, x, batch_size)]
+
+
+def _member(item):
+    return item._trainer_member() if hasattr(item, "_trainer_member") else _Member(item)
+
+
+class _FitCallbacks:
+    """fit's callbacks: ``main`` (History, the progress bar and the user's callbacks)
+    sees the merged logs of every model; each model's own list (``member_callbacks``)
+    sees that model's logs, unprefixed, until the model stops training."""
+
+    def __init__(self, main, models, member_callbacks, params, merge):
+        self.main, self.models, self.merge = main, models, merge
+        self.members = []
+        if member_callbacks is not None:
+            if len(member_callbacks) != len(models):
+                raise ValueError(f"fit: `member_callbacks` must hold one list per model "
+                                 f"({len(models)}). Received: {len(member_callbacks)} lists")
+            self.members = [callbacks_lib.CallbackList(list(cbs or []), m, params)
+                            for m, cbs in zip(models, member_callbacks)]
+        self.batch_callbacks = bool(main.batch_callbacks) or any(
+            c.batch_callbacks for c in self.members)
+        self._ended = set()
+        self._last: dict = {}
+
+    def _live(self):
+        return [(i, c) for i, c in enumerate(self.members) if i not in self._ended]
+
+    def _own(self, values, i):
+        return {k: values[i][k] for k in self.models[i].metrics_names}
+
+    def on_train_begin(self):
+        self.main.on_train_begin()
+        for _, c in self._live():
+            c.on_train_begin()
+
+    def on_epoch_begin(self, epoch):
+        self.main.on_epoch_begin(epoch)
+        for _, c in self._live():
+            c.on_epoch_begin(epoch)
+
+    def on_train_batch_begin(self, step):
+        self.main.on_train_batch_begin(step)
+        for _, c in self._live():
+            c.on_train_batch_begin(step)
+
+    def on_train_batch_end(self, step, values):
+        self.main.on_train_batch_end(step, callbacks_lib.LazyLogs(lambda: self.merge(values)))
+        for i, c in self._live():
+            c.on_train_batch_end(step, callbacks_lib.LazyLogs(lambda i=i: self._own(values, i)))
+
+    def on_epoch_end(self, epoch, values, val_values=None) -> dict:
+        logs = self.merge(values)
+        if val_values is not None:
+            logs.update({f"val_{k}": v for k, v in self.merge(val_values).items()})
+        for i, c in self._live():
+            own = callbacks_lib.pythonify_logs(self._own(values, i))
+            if val_values is not None:
+                own.update({f"val_{k}": v for k, v in callbacks_lib.pythonify_logs(
+                    self._own(val_values, i)).items()})
+            c.on_epoch_end(epoch, own)
+            self._last[i] = own
+            if self.models[i].stop_training:
+                self._ended.add(i)
+                c.on_train_end(own)
+        self.main.on_epoch_end(epoch, logs)
+        return logs
+
+    def on_train_end(self, logs):
+        for i, c in self._live():
+            c.on_train_end(self._last.get(i))
+        self.main.on_train_end(logs)
+
 
 def _last_batch_size(adapter) -> int | None:
-    """The size of an epoch's last batch when it is smaller than the others."""
+    """The size of an epoch's last batch when it is smaller than the others (None with a
+    single batch: that one is checked as the first)."""
     size, samples, batches = adapter.batch_size, adapter.num_samples, adapter.num_batches
-    if not (size and samples and batches):
+    if not (size and samples and batches) or batches < 2:
         return None
     last = min(samples, batches * size) - (batches - 1) * size
     return last if 0 < last < size else None
@@ -152,17 +256,45 @@ def _structure(model, batch):
     return xs, y, sw, int(xs[0].shape[0])
 
 
+def _global_batches(source, members, what):
+    """Under several processes: each host batch (the same on every process) as global
+    arrays; each process puts only the part its own devices hold."""
+    if len(members) != 1:
+        raise NotImplementedError(f"{what}: several models on shared batches across "
+                                  f"processes are not supported yet. Received: "
+                                  f"{len(members)} models over "
+                                  f"{distributed.process_count()} processes")
+    runner = members[0].runner
+    for xs, y, sw, n, k in source:
+        yield (*runner.put_batch((xs, y, sw), n, k), n, k)
+
+
 class Trainer:
     """Runs Keras' loops for one model, or for a group of models on the same batches.
 
     Args:
-        models: a model, or a list of models (compiled) trained on identical batches.
+        models: a model, or a list of models (compiled) trained on identical batches; an
+            entry may also be a group run as one program (it has ``models`` and
+            ``_trainer_member()``, as a stacked ``hybridnet.ensemble.Ensemble``).
+        share: turns each data adapter into the one these models read (``wrap(adapter)``;
+            ``hybridnet.ensemble`` share modes); None reads the data as given.
+        owner: what fit's callbacks see as ``model`` (default: the first model).
+        merge_logs: ``(list of per-model logs) -> logs`` for several models (default:
+            each key prefixed by its model's name).
     """
 
-    def __init__(self, models):
-        self.models = list(models) if isinstance(models, (list, tuple)) else [models]
-        if not self.models:
+    def __init__(self, models, *, share=None, owner=None, merge_logs=None):
+        self._items = list(models) if isinstance(models, (list, tuple)) else [models]
+        if not self._items:
             raise ValueError("Trainer: `models` must hold at least one model. Received: []")
+        self.models = [m for item in self._items for m in (
+            item.models if hasattr(item, "_trainer_member") else [item])]
+        self.share = share
+        self.owner = owner
+        self._merge_hook = merge_logs
+
+    def _members(self) -> list:
+        return [_member(item) for item in self._items]
 
     @property
     def model(self):
@@ -176,6 +308,8 @@ class Trainer:
         adapter = get_data_adapter(x, y, sample_weight, batch_size=batch_size,
                                    steps_per_epoch=steps, shuffle=shuffle,
                                    class_weight=class_weight, what=what)
+        if self.share is not None:
+            adapter = self.share.wrap(adapter)
         for model in self.models:
             if adapter.batch_size is not None and model._runner is None:
                 model._planned_batch_size = adapter.batch_size  # the cost model plans for it
@@ -184,11 +318,20 @@ class Trainer:
     def _prepare(self, first_batch, what, last_batch=None):
         """Builds (Sequential), checks the inputs against the model and the batch size
         (and the epoch's last, smaller batch) against each plan, before anything is
-        compiled."""
-        for model in self.models:
-            xs = model._to_input_list(first_batch[0])
-            model._prepare(xs)
-            model._check_inputs(xs)
+        compiled. With several models, an error names the model that cannot take the
+        shared batches."""
+        for i, model in enumerate(self.models):
+            try:
+                xs = model._to_input_list(first_batch[0])
+                model._prepare(xs)
+                model._check_inputs(xs)
+            except ValueError as error:
+                if len(self.models) == 1:
+                    raise
+                raise ValueError(f"{what}: member {i} ('{model.name}') of {len(self.models)} "
+                                 f"cannot take the shared batches. {error}") from None
+            runner = model._get_runner()
+            check_process_batch(runner.plan, runner.mesh, int(xs[0].shape[0]), what)
             model._check_batch_size(int(xs[0].shape[0]), what, last_batch=last_batch)
 
     def _batches(self, adapter, rng, what, members, steps_per_execution=1, prefetch=False):
@@ -219,7 +362,9 @@ class Trainer:
             source = ((xs, y, sw, n, 1) for xs, y, sw, n in source)
         # Prefetch where a transfer can overlap a step; on the CPU the explicit put costs
         # more per step than it hides (measured 0.27 of 0.47 ms for a small MLP).
-        if prefetch and len(members) == 1 and members[0].runner.mesh.devices.flat[
+        if distributed.process_count() > 1:
+            source = _global_batches(source, members, what)
+        elif prefetch and len(members) == 1 and members[0].runner.mesh.devices.flat[
                 0].platform != "cpu":
             runner = members[0].runner
 
@@ -233,8 +378,14 @@ class Trainer:
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
-            validation_batch_size=None, validation_freq=1):
-        """Keras' ``fit`` (see ``Model.fit``); returns a ``History``."""
+            validation_batch_size=None, validation_freq=1, member_callbacks=None):
+        """Keras' ``fit`` (see ``Model.fit``); returns a ``History``.
+
+        With several models, ``member_callbacks`` (one list per model) run per model on
+        that model's own logs: an ``EarlyStopping`` there stops its model only. A model
+        whose ``stop_training`` is set takes no more steps; fit ends when all have
+        stopped.
+        """
         for model in self.models:
             model._assert_compiled("fit")
         check_fit_arguments(epochs, batch_size, validation_freq, steps_per_epoch,
@@ -255,25 +406,28 @@ class Trainer:
         model = self.model
         history = callbacks_lib.History()
         cb_list = list(callbacks or [])
-        if verbose:
+        if not distributed.is_chief():  # progress and files are the chief's
+            cb_list = [cb for cb in cb_list if not getattr(cb, "chief_only", False)]
+        elif verbose:
             cb_list.append(callbacks_lib.ProgbarLogger(verbose))
         samples = None
         if data.num_samples is not None and data.batch_size is not None:
             samples = min(data.num_samples, (data.num_batches or 0) * data.batch_size)
-        cbs = callbacks_lib.CallbackList(cb_list + [history], model, {
-            "epochs": epochs, "steps": data.num_batches, "verbose": verbose,
-            "samples_per_epoch": samples})
+        params = {"epochs": epochs, "steps": data.num_batches, "verbose": verbose,
+                  "samples_per_epoch": samples}
+        cbs = callbacks_lib.CallbackList(cb_list + [history], self.owner or model, params)
+        hooks = _FitCallbacks(cbs, self.models, member_callbacks, params, self._merge_logs)
         for m in self.models:
             m.stop_training = False
             m._terminated_on_nan = False
         rng = model._shuffle_stream()
-        cbs.on_train_begin()
+        hooks.on_train_begin()
         epoch_logs: dict = {}
         with _InterruptGuard() as guard:
             for epoch in range(initial_epoch, epochs):
-                cbs.on_epoch_begin(epoch)
-                logs = self._train_epoch(data, rng, cbs, guard)
-                if logs is None:
+                hooks.on_epoch_begin(epoch)
+                values = self._train_epoch(data, rng, hooks, guard)
+                if values is None:
                     if epoch == initial_epoch:
                         raise ValueError("fit: the dataset produced no batches. Received an "
                                          "empty iterable for `x`")
@@ -282,12 +436,11 @@ class Trainer:
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
                                   f"epochs.", stacklevel=3)
                     break
-                epoch_logs = logs
+                val_values = None
                 if val_data is not None and (epoch + 1) % validation_freq == 0 and \
-                        not model._terminated_on_nan:
-                    val_logs = self._run_evaluation(val_data, cbs)
-                    epoch_logs.update({f"val_{k}": v for k, v in val_logs.items()})
-                cbs.on_epoch_end(epoch, epoch_logs)
+                        not all(m._terminated_on_nan for m in self.models):
+                    val_values = self._run_evaluation(val_data, cbs)
+                epoch_logs = hooks.on_epoch_end(epoch, values, val_values)
                 data.on_epoch_end()
                 if data.exhausted and epoch + 1 < epochs:
                     warnings.warn(f"fit: the data ran out during epoch {epoch + 1}; "
@@ -295,9 +448,9 @@ class Trainer:
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
                                   f"epochs.", stacklevel=3)
                     break
-                if any(m.stop_training for m in self.models):
+                if all(m.stop_training for m in self.models):
                     break
-        cbs.on_train_end(epoch_logs)
+        hooks.on_train_end(epoch_logs)
         return history
 
     def _validation_adapter(self, validation_data, batch_size, steps):
@@ -310,94 +463,99 @@ class Trainer:
         return self._adapter(validation_data, None, None, batch_size, steps, False,
                              "fit(validation_data)")
 
-    def _train_epoch(self, data, rng, cbs, guard) -> dict | None:
-        members = [_Member(m) for m in self.models]
-        batch_callbacks = bool(cbs.batch_callbacks)
+    def _train_epoch(self, data, rng, hooks, guard) -> list | None:
+        """One epoch; returns each model's metric values (device arrays), or None when
+        the data gave no batch."""
+        members = self._members()
+        batch_callbacks = hooks.batch_callbacks
         spe = self.model.steps_per_execution
         step = 0
         compiled = [{} for _ in members]
+        training = members
         try:
             for xb, yb, swb, n, k in self._batches(data, rng, "fit", members, spe, True):
                 if step == 0:
-                    for member in members:
-                        member.state = member.state.replace(
-                            metrics=member.runner.init_metrics())
+                    training = [m for m in members if m.active()]
+                    for member in training:
+                        member.reset_metrics()
                 if batch_callbacks:
-                    cbs.on_train_batch_begin(step)
+                    hooks.on_train_batch_begin(step)
                 for member, fns in zip(members, compiled):
+                    if member not in training:
+                        continue
                     fn = fns.get((n, k))
                     if fn is None:
-                        fn = fns[(n, k)] = member.runner.train_fn(n, k)
+                        fn = fns[(n, k)] = member.train_fn(n, k)
                     with guard.critical:
                         member.state = fn(member.state, xb, yb, swb)
                 step += k
                 if batch_callbacks:
                     for member in members:
                         member.push()
-                    logs = self._lazy_logs(members)
-                    cbs.on_train_batch_end(step - 1, logs)
+                    hooks.on_train_batch_end(step - 1, self._values(members))
                     for member in members:  # a callback may have set weights or the rate
                         member.pull()
-                    if any(m.stop_training for m in self.models):
+                    if all(m.stop_training for m in self.models):
                         break
+                    training = [m for m in training if m.active()]
         finally:
             for member in members:
                 with guard.critical:
                     member.push()
         if step == 0:
             return None
-        return self._logs(members)
+        return self._values(members)
 
-    def _lazy_logs(self, members):
-        values = [m.runner.results(m.state.metrics) for m in members]  # dispatched now
-        return callbacks_lib.LazyLogs(lambda: self._merge_logs(members, values))
+    @staticmethod
+    def _values(members) -> list:
+        """Each model's metric values, dispatched now (read when logged)."""
+        return [v for m in members for v in m.results(m.state.metrics)]
 
-    def _logs(self, members) -> dict:
-        return self._merge_logs(members, [m.runner.results(m.state.metrics)
-                                          for m in members])
-
-    def _merge_logs(self, members, values) -> dict:
+    def _merge_logs(self, values) -> dict:
         """Logs in Keras' order (loss first, then metrics as compiled); with several
-        models each key is prefixed by its model's name."""
-        if len(members) == 1:
-            names = members[0].model.metrics_names
+        models each key is prefixed by its model's name (or as ``merge_logs`` says)."""
+        if len(self.models) == 1:
+            names = self.model.metrics_names
             return callbacks_lib.pythonify_logs({k: values[0][k] for k in names})
+        if self._merge_hook is not None:
+            return callbacks_lib.pythonify_logs(self._merge_hook(
+                [callbacks_lib.pythonify_logs({k: vals[k] for k in m.metrics_names})
+                 for m, vals in zip(self.models, values)]))
         return callbacks_lib.pythonify_logs({
-            f"{m.model.name}_{k}": vals[k] for m, vals in zip(members, values)
-            for k in m.model.metrics_names})
+            f"{m.name}_{k}": vals[k] for m, vals in zip(self.models, values)
+            for k in m.metrics_names})
 
     # ----------------------------------------------------------------- evaluate
-    def _run_evaluation(self, data, cbs) -> dict:
+    def _run_evaluation(self, data, cbs) -> list:
         """``on_test_begin``, the test batches, ``on_test_end(logs)``: Keras' evaluate,
-        also inside ``fit`` for validation with fit's callbacks."""
+        also inside ``fit`` for validation with fit's callbacks. Returns each model's
+        metric values."""
         cbs.on_test_begin()
-        logs = self._evaluate_data(data, cbs)
-        cbs.on_test_end(logs)
-        return logs
+        values = self._evaluate_data(data, cbs)
+        cbs.on_test_end(self._merge_logs(values))
+        return values
 
-    def _evaluate_data(self, data, cbs) -> dict:
-        members = [_Member(m) for m in self.models]
+    def _evaluate_data(self, data, cbs) -> list:
+        members = self._members()
         mstates = None
         ran = False
         batch_callbacks = bool(cbs.batch_callbacks)
         for i, (xb, yb, swb, n, _) in enumerate(self._batches(data, None, "evaluate",
                                                                members)):
             if mstates is None:
-                mstates = [m.runner.init_metrics() for m in members]
+                mstates = [m.init_metrics() for m in members]
             if batch_callbacks:
                 cbs.on_test_batch_begin(i)
-            mstates = [m.runner.evaluate(m.state, ms, xb, yb, swb, n)
-                       for m, ms in zip(members, mstates)]
+            mstates = [m.evaluate(ms, xb, yb, swb, n) for m, ms in zip(members, mstates)]
             ran = True
             if batch_callbacks:
-                values = [m.runner.results(ms) for m, ms in zip(members, mstates)]
+                values = [v for m, ms in zip(members, mstates) for v in m.results(ms)]
                 cbs.on_test_batch_end(i, callbacks_lib.LazyLogs(
-                    lambda v=values: self._merge_logs(members, v)))
+                    lambda v=values: self._merge_logs(v)))
         if not ran:
             raise ValueError("evaluate: the dataset produced no batches. Received an empty "
                              "iterable for `x`")
-        return self._merge_logs(members, [m.runner.results(ms)
-                                          for m, ms in zip(members, mstates)])
+        return [v for m, ms in zip(members, mstates) for v in m.results(ms)]
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
@@ -407,10 +565,10 @@ class Trainer:
         _check_int("evaluate", "batch_size", batch_size, 1, allow_none=True)
         _check_int("evaluate", "steps", steps, 1, allow_none=True)
         data = self._adapter(x, y, sample_weight, batch_size, steps, False, "evaluate")
-        cbs = callbacks_lib.CallbackList(list(callbacks or []), self.model,
+        cbs = callbacks_lib.CallbackList(list(callbacks or []), self.owner or self.model,
                                          {"steps": data.num_batches})
-        logs = self._run_evaluation(data, cbs)
-        if verbose not in (0, False):
+        logs = self._merge_logs(self._run_evaluation(data, cbs))
+        if verbose not in (0, False) and distributed.is_chief():
             print(" - ".join(f"{k}: {callbacks_lib._format_value(v)}" for k, v in logs.items()))
         if return_dict:
             return logs
@@ -423,28 +581,29 @@ class Trainer:
         _check_int("predict", "batch_size", batch_size, 1, allow_none=True)
         _check_int("predict", "steps", steps, 1, allow_none=True)
         data = self._adapter(x, None, None, batch_size, steps, False, "predict")
-        members = [_Member(m) for m in self.models]
-        cbs = callbacks_lib.CallbackList(list(callbacks or []), self.model,
+        members = self._members()
+        cbs = callbacks_lib.CallbackList(list(callbacks or []), self.owner or self.model,
                                          {"steps": data.num_batches})
         cbs.on_predict_begin()
-        chunks = [[] for _ in members]
+        chunks = [[] for _ in self.models]
         batch_callbacks = bool(cbs.batch_callbacks)
         for i, (xb, _, _, n, _) in enumerate(self._batches(data, None, "predict", members)):
             if batch_callbacks:
                 cbs.on_predict_batch_begin(i)
-            for member, out in zip(members, chunks):
-                out.append(member.runner.predict(member.state, xb, n))
+            outs = [o for member in members for o in member.predict(xb, n)]
+            for out, o in zip(chunks, outs):
+                out.append(o)
             if batch_callbacks:
-                cbs.on_predict_batch_end(i, {"outputs": members[0].model._structure_outputs(
+                cbs.on_predict_batch_end(i, {"outputs": self.model._structure_outputs(
                     list(chunks[0][-1]))})
         if not chunks[0]:
             raise ValueError("predict: the dataset produced no batches. Received an empty "
                              "iterable for `x`")
         results = []
-        for member, out in zip(members, chunks):
-            arrays = [np.concatenate([np.asarray(c[j]) for c in out])
-                      for j in range(len(member.model.outputs))]
-            results.append(member.model._structure_outputs(arrays))
+        for model, out in zip(self.models, chunks):
+            arrays = [np.concatenate([distributed.fetch(c[j]) for c in out])
+                      for j in range(len(model.outputs))]
+            results.append(model._structure_outputs(arrays))
         cbs.on_predict_end()
         return results[0] if len(results) == 1 else results
 
@@ -457,21 +616,20 @@ class Trainer:
         whole = get_data_adapter(x, y, sample_weight, what="train_on_batch")
         data = self._adapter(x, y, sample_weight, whole.num_samples, None, False,
                              "train_on_batch", class_weight)
-        members = [_Member(m) for m in self.models]
+        members = self._members()
         with _InterruptGuard() as guard:
             try:
                 for xb, yb, swb, n, _ in self._batches(data, None, "train_on_batch", members):
                     for member in members:
-                        member.state = member.state.replace(
-                            metrics=member.runner.init_metrics())
-                        fn = member.runner.train_fn(n)
+                        member.reset_metrics()
+                        fn = member.train_fn(n)
                         with guard.critical:
                             member.state = fn(member.state, xb, yb, swb)
             finally:
                 for member in members:
                     with guard.critical:
                         member.push()
-        logs = self._logs(members)
+        logs = self._merge_logs(self._values(members))
         if return_dict:
             return logs
         values = list(logs.values())
