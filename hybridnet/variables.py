@@ -105,6 +105,35 @@ class StatelessScope:
         return False
 
 
+class LossCollector:
+    """Collects the losses layers add with ``add_loss`` during one forward pass (the
+    runners wrap each compiled step's forward pass in one)."""
+
+    def __init__(self):
+        self.losses: list = []
+        self.regularized: set[int] = set()
+
+    def __enter__(self):
+        stack = getattr(_local, "collectors", None)
+        if stack is None:
+            stack = _local.collectors = []
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _local.collectors.pop()
+        return False
+
+    def total(self):
+        return sum(jnp.sum(jnp.asarray(x, jnp.float32)) for x in self.losses) \
+            if self.losses else None
+
+
+def current_collector() -> "LossCollector | None":
+    stack = getattr(_local, "collectors", None)
+    return stack[-1] if stack else None
+
+
 class Variable:
     """A weight (or metric accumulator): a named handle to an array.
 
@@ -138,6 +167,7 @@ class Variable:
         self._seed = seed
         self._value = None
         self._materialize: Callable | None = None  # the owner creates values on first read
+        self.regularizer: Callable | None = None
 
     # ------------------------------------------------------------------ values
     @property
@@ -299,4 +329,5 @@ class SeedGenerator:
         return {"seed": self.seed}
 
 
-__all__ = ["SeedGenerator", "StatelessScope", "Variable", "current_scope"]
+__all__ = ["LossCollector", "SeedGenerator", "StatelessScope", "Variable", "current_collector",
+           "current_scope"]

@@ -35,6 +35,7 @@ QUICK = {
     "kernels.py": ["--quick"],
     "kernel_resources.py": ["--quick"],
     "tpu_compile.py": ["--quick"],
+    "ensemble.py": ["--quick"],
 }
 
 
@@ -214,3 +215,20 @@ def test_tpu_compile_quick(quick_runs):
         assert r["status"] == "compiled"
         assert all(isinstance(row["compiled"], bool) for row in r["rows"])
         assert isinstance(r["all_defaults_compile"], bool)
+
+
+def test_ensemble_quick(quick_runs):
+    r, stderr = run_json(quick_runs, "ensemble.py")
+    assert r["benchmark"] == "ensemble" and r["quick"] is True
+    assert r["config"]["members"] == 4 and r["config"]["ensemble_mesh"] == {
+        "ensemble": 4, "data": 2}
+    assert finite(r["stacked_vs_separate_n4"], "stacked_vs_separate_n4") > 0
+    assert isinstance(r["targets"]["stacked_vs_separate_n4"]["met"], bool)
+    for variant in ("stacked", "separate"):
+        assert finite(r["steps_per_s"][variant], variant) > 0
+        assert 0 <= finite(r["test_accuracy"][variant]["soft_vote"], "soft vote") <= 1
+    # the same members, seeds and batches: the two variants train the same models
+    assert r["test_accuracy"]["stacked"]["soft_vote"] == pytest.approx(
+        r["test_accuracy"]["separate"]["soft_vote"], abs=0.02)
+    assert r["shared_input_cpu_per_sample"]["status"] in ("skipped", "measured")
+    assert "stacked_vs_separate_n4" in stderr  # the table

@@ -469,3 +469,19 @@ def test_normalization_and_noise_model_trains():
     for a, b in zip(before, norm.get_weights()):  # adapted statistics stay as adapted
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(norm.get_weights()[0], x.mean(0), rtol=1e-5)
+
+
+def test_depthwise_model_trains_the_same_under_model_parallel():
+    from hybridnet.strategies import ModelParallel
+
+    def losses(strategy):
+        hybridnet.utils.set_random_seed(0)
+        inp = Input((6, 6, 4))
+        h = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(inp)
+        h = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, padding="same")(h))
+        model = hybridnet.Model(inp, L.Dense(1)(h))
+        model.compile(hybridnet.optimizers.SGD(0.1), "mse", strategy=strategy)
+        return model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0).history["loss"]
+    x = rand(26, (16, 6, 6, 4))
+    y = x.mean((1, 2, 3))[:, None]
+    np.testing.assert_allclose(losses(ModelParallel(model=4)), losses(ONE_DEVICE), rtol=1e-5)

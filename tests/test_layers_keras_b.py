@@ -10,6 +10,7 @@ ours runs through ``layer.apply`` and Keras' through ``stateless_call``.
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -60,23 +61,23 @@ def same_weights(ours, theirs, seed=0, scale=0.5):
     assert [tuple(v.shape) for v in ours.weights] == [tuple(w.shape) for w in theirs.weights]
 
 
-def compare(ours, theirs, inputs, fixed=(), ours_kwargs=None, keras_kwargs=None, seed=99):
-    """Outputs and gradients of ``ours.apply(w, *inputs, *fixed, **ours_kwargs)`` and
-    ``theirs.stateless_call(tv, ntv, *inputs, *fixed, **keras_kwargs)``: ``inputs`` are
-    differentiated, ``fixed`` are not (masks, states). Both layers must be built."""
+def compare(ours, theirs, inputs, ours_kwargs=None, keras_kwargs=None, seed=99):
+    """Outputs and gradients (w.r.t. the weights and ``inputs``) of
+    ``ours.apply(w, *inputs, **ours_kwargs)`` and
+    ``theirs.stateless_call(tv, ntv, *inputs, **keras_kwargs)`` agree; returns the outputs.
+    Both layers must be built with the same weights."""
     ours_kwargs, keras_kwargs = dict(ours_kwargs or {}), dict(keras_kwargs or {})
     paths = list(ours.weight_specs)
     trainable = [jnp.asarray(v.value) for v in theirs.trainable_variables]
     frozen = [jnp.asarray(v.value) for v in theirs.non_trainable_variables]
     assert len(trainable) == len(paths)
     xs = [jnp.asarray(x) for x in inputs]
-    fixed = [jnp.asarray(f) if f is not None else None for f in fixed]
 
     def run_ours(w, xs):
-        return ours.apply(dict(zip(paths, w)), *xs, *fixed, **ours_kwargs)[0]
+        return ours.apply(dict(zip(paths, w)), *xs, **ours_kwargs)[0]
 
     def run_keras(w, xs):
-        return theirs.stateless_call(w, frozen, *xs, *fixed, **keras_kwargs)[0]
+        return theirs.stateless_call(w, frozen, *xs, **keras_kwargs)[0]
 
     shapes = jax.eval_shape(run_keras, trainable, xs)
     projection = [jnp.asarray(rand(seed + i, s.shape)) for i, s in enumerate(_leaves(shapes))]
@@ -120,7 +121,8 @@ RNN_ZEROS = dict(ZEROS, recurrent_initializer="zeros")
 
 RNN_CASES = [
     ("GRU", dict(reset_after=False, return_sequences=True, activation="relu"), False),
-    ("GRU", dict(go_backwards=True, return_sequences=True, return_state=True), True),
+    ("GRU", dict(go_backwards=True, return_sequences=True, return_state=True, dropout=0.3),
+     True),
     ("GRU", dict(use_bias=False, return_state=True, dropout=0.3, recurrent_dropout=0.2), False),
     ("SimpleRNN", dict(return_sequences=True), False),
     ("SimpleRNN", dict(go_backwards=True, return_state=True, dropout=0.3,
@@ -137,20 +139,43 @@ def test_recurrent_matches_keras(cls, config, with_state):
     mask = {"mask": jnp.asarray(MASK)}
     # A positional initial state (both call signatures take it second) is differentiated.
     inputs = [x, rand(2, (3, 3))] if with_state else [x]
-    compare(ours, theirs, inputs, (), mask, mask)
-    if config.get("dropout"):
-        # Inference (above) is Keras'; training with rate 0 is inference; with rates it drops.
-        w = dict(zip(ours.weight_specs, theirs.get_weights()))
-        rng = jax.random.PRNGKey(0)
-        quiet = type(ours).from_config({**ours.get_config(), "dropout": 0.0,
-                                        "recurrent_dropout": 0.0})
-        quiet._maybe_build((None, 5, 4))
-        for a, b in zip(_leaves(quiet.apply(w, x, **mask)[0]),
-                        _leaves(quiet.apply(w, x, training=True, rng=rng, **mask)[0])):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        dropped = ours.apply(w, x, training=True, rng=rng, **mask)[0]
-        inferred = ours.apply(w, x, **mask)[0]
-        assert not np.allclose(np.asarray(dropped[0]), np.asarray(inferred[0]))
+    expected = compare(ours, theirs, inputs, mask, mask)
+    if not config.get("dropout"):
+        return
+    # Inference (above) is Keras'; training with rate 0 is inference; training with the
+    # same dropout masks on both sides is Keras' training.
+    quiet = type(ours).from_config({**ours.get_config(), "dropout": 0.0,
+                                    "recurrent_dropout": 0.0})
+    quiet._maybe_build((None, 5, 4))
+    train = jax.jit(lambda w, xs: quiet.apply(w, *xs, training=True,
+                                              rng=jax.random.PRNGKey(0), **mask)[0])
+    for a, e in zip(_leaves(train(dict(zip(ours.weight_specs, theirs.get_weights())), inputs)),
+                    expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=TOL, atol=TOL)
+    share_dropout_masks(ours, theirs, x.shape)
+    training = dict(mask, training=True)
+    dropped = compare(ours, theirs, inputs, training, training)
+    assert not np.allclose(np.asarray(dropped[0]), np.asarray(expected[0]))
+
+
+def share_dropout_masks(ours, theirs, input_shape, seed=20):
+    """Fixed dropout masks for both layers: ours from ``_dropout_masks``, Keras' cached on
+    its cell (one per gate where Keras draws one per gate)."""
+    count, (batch, _, features) = ours._mask_count, input_shape
+
+    def masks(rate, width, seed):
+        if rate == 0:
+            return None
+        keep = np.random.default_rng(seed).random((count, batch, width)) >= rate
+        return jnp.asarray(keep / (1.0 - rate), jnp.float32)
+    x_masks = masks(ours.dropout, features, seed)
+    h_masks = masks(ours.recurrent_dropout, ours.units, seed + 1)
+    ours._dropout_masks = lambda x, training: (x_masks, h_masks) if training else (None, None)
+    cell = theirs.cell
+    as_keras = (lambda m: None if m is None else list(m)) if count > 1 else (
+        lambda m: None if m is None else m[0])
+    cell._dropout_mask, cell._recurrent_dropout_mask = as_keras(x_masks), as_keras(h_masks)
+    cell.reset_dropout_mask = cell.reset_recurrent_dropout_mask = lambda: None
 
 
 def test_recurrent_configs_weights_and_masks():
@@ -194,7 +219,10 @@ def test_bidirectional_gru_matches_keras(mode, config):
     theirs = keras.layers.Bidirectional(keras.layers.GRU(3, **config), merge_mode=mode)
     shapes = build_pair(ours, theirs, (5, 4))
     mask = jnp.asarray(MASK)
-    compare(ours, theirs, [rand(3, (3, 5, 4))], (), {"mask": mask}, {"mask": mask})
+    kwargs = {"mask": mask}
+    if config.get("return_state"):
+        kwargs["initial_state"] = [jnp.asarray(rand(4 + i, (3, 3))) for i in range(2)]
+    compare(ours, theirs, [rand(3, (3, 5, 4))], kwargs, kwargs)
     masks = ours.compute_mask(None, mask)
     masks = masks if isinstance(masks, list) else [masks]
     assert len(masks) == len(shapes) and all(m is None for m in masks[1:])
@@ -266,7 +294,7 @@ def test_multi_head_attention_matches_keras(config, call, k_dim):
     for name in ("use_causal_mask", "return_attention_scores"):
         if call.get(name):
             ours_kwargs[name] = keras_kwargs[name] = True
-    out = compare(ours, theirs, inputs, (), ours_kwargs, keras_kwargs)
+    out = compare(ours, theirs, inputs, ours_kwargs, keras_kwargs)
     assert out[0].shape == (2, 5) + tuple(config.get("output_shape", (6,)))
     if call.get("return_attention_scores"):
         assert out[1].shape == (2, config["num_heads"], 5, 4)
@@ -278,23 +306,28 @@ def test_multi_head_attention_axes_and_dropout():
     build_pair(ours, theirs, (3, 4, 6), (3, 4, 5))
     q, v = rand(11, (2, 3, 4, 6)), rand(12, (2, 3, 4, 5))
     scores = {"return_attention_scores": True}
-    compare(ours, theirs, [q, v], (), scores, scores)
+    expected = compare(ours, theirs, [q, v], scores, scores)
     # Inference equals Keras (above and in the test before); training with rate 0 equals
     # inference; with a rate it drops (the returned scores are those before dropout).
     w = dict(zip(ours.weight_specs, theirs.get_weights()))
-    rng = jax.random.PRNGKey(1)
     dropping = L.MultiHeadAttention.from_config({**ours.get_config(), "dropout": 0.5})
     dropping._maybe_build((None, 3, 4, 6), [(None, 3, 4, 6), (None, 3, 4, 5)])
-    infer = dropping.apply(w, q, v, **scores)[0]
-    train = dropping.apply(w, q, v, training=True, rng=rng, **scores)[0]
-    np.testing.assert_allclose(np.asarray(train[1]), np.asarray(infer[1]), rtol=1e-6)
-    assert not np.allclose(np.asarray(train[0]), np.asarray(infer[0]))
-    np.testing.assert_array_equal(np.asarray(ours.apply(w, q, v, training=True, rng=rng)[0]),
-                                  np.asarray(ours.apply(w, q, v)[0]))
+
+    @jax.jit
+    def train(w, q, v):
+        rng = jax.random.PRNGKey(1)
+        return [layer.apply(w, q, v, training=True, rng=rng, **scores)[0]
+                for layer in (ours, dropping)]
+    quiet, dropped = train(w, q, v)
+    for out in (quiet, [quiet[0], dropped[1]]):  # scores: the weights before dropout
+        for a, e in zip(out, expected):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=TOL, atol=TOL)
+    assert not np.allclose(np.asarray(dropped[0]), np.asarray(expected[0]))
 
 
 def test_multi_head_attention_shapes_config_axes_and_errors():
-    ours, theirs = L.MultiHeadAttention(2, 4), keras.layers.MultiHeadAttention(2, 4)
+    ours = L.MultiHeadAttention(2, 4, **ZEROS)
+    theirs = keras.layers.MultiHeadAttention(2, 4, **ZEROS)
     kw = {"return_attention_scores": True}
     assert (symbolic_shapes(ours, (5, 6), (5, 7), **kw)
             == symbolic_shapes(theirs, (5, 6), (5, 7), **kw) == [(None, 5, 6), (None, 2, 5, 5)])
@@ -335,13 +368,14 @@ def _tokens(n=32, steps=6, vocab=12, seed=0):
 def test_masked_model_of_every_layer_matches_keras_and_fits():
     def build(m):
         inp = m.Input((6,), dtype="int32")
-        e = m.layers.Embedding(12, 8, mask_zero=True)(inp)
-        a = m.layers.MultiHeadAttention(2, 4)(e, e)  # self-attention: query and value masked
+        e = m.layers.Embedding(12, 8, mask_zero=True, embeddings_initializer="zeros")(inp)
+        # Self-attention: the query's mask is also the value's.
+        a = m.layers.MultiHeadAttention(2, 4, **ZEROS)(e, e)
         h = m.layers.LayerNormalization()(m.layers.Add()([e, a]))
-        h = m.layers.TimeDistributed(m.layers.Dense(4, activation="relu"))(h)
-        h = m.layers.Bidirectional(m.layers.GRU(3, return_sequences=True))(h)
-        h = m.layers.SimpleRNN(3, go_backwards=True)(h)
-        return m.Model(inp, m.layers.Dense(2)(h))
+        h = m.layers.TimeDistributed(m.layers.Dense(4, activation="relu", **ZEROS))(h)
+        h = m.layers.Bidirectional(m.layers.GRU(3, return_sequences=True, **RNN_ZEROS))(h)
+        h = m.layers.SimpleRNN(3, go_backwards=True, **RNN_ZEROS)(h)
+        return m.Model(inp, m.layers.Dense(2, **ZEROS)(h))
     theirs, ours = build(keras), build(hn)
     theirs.set_weights([rand(10 + i, w.shape, 0.3) for i, w in enumerate(theirs.weights)])
     ours.set_weights(theirs.get_weights())
@@ -368,12 +402,16 @@ def test_multi_head_attention_model_parallel_matches_one_device():
 
     results = []
     for strategy in (hn.strategies.DataParallel(devices=jax.devices()[:1]),
-                     hn.strategies.ModelParallel(model=2)):
+                     hn.strategies.ModelParallel(model=2, devices=jax.devices()[:4])):
         model = build()
         model.compile(hn.optimizers.SGD(0.1),
                       hn.losses.SparseCategoricalCrossentropy(from_logits=True),
                       strategy=strategy)
-        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+        ignored = [w for w in caught if "ignores the parallel='model'" in str(w.message)]
+        assert len(ignored) == (strategy.__class__.__name__ == "DataParallel")
         results.append((model, model.get_weights(), history.history["loss"]))
     sharded = results[1][0]
     plan = sharded.plan.layers["mha"]

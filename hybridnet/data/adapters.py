@@ -848,6 +848,9 @@ def get_data_adapter(x, y=None, sample_weight=None, *, batch_size=None,
     Dispatch (after Keras 3's ``get_data_adapter``):
 
     - a :class:`DataAdapter`: returned as is;
+    - a source that makes its own adapter (an ``as_data_adapter(*, steps_per_epoch,
+      class_weight, what)`` method, as :class:`~hybridnet.data.images.ImagePipeline`
+      has): that adapter;
     - arrays (NumPy, JAX, anything with ``__array__``), Python lists of samples, and
       lists/tuples/dicts of those: :class:`ArrayDataAdapter` (``y``, ``sample_weight``
       alike). ``x=[[1, 2], [3, 4]]`` is one array of 2 samples; ``x=[a, b]`` with arrays
@@ -886,6 +889,10 @@ def get_data_adapter(x, y=None, sample_weight=None, *, batch_size=None,
     if isinstance(x, DataAdapter):
         _no_separate(what, "a DataAdapter", y, sample_weight)
         return x
+    if callable(getattr(x, "as_data_adapter", None)) and not isinstance(x, type):
+        _no_separate(what, f"a source of batches ({type(x).__name__})", y, sample_weight)
+        return x.as_data_adapter(steps_per_epoch=steps_per_epoch, class_weight=class_weight,
+                                 what=what)
     if is_array_data(x):
         for name, value in (("y", y), ("sample_weight", sample_weight)):
             if value is not None and not is_array_data(value):

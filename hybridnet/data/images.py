@@ -32,10 +32,12 @@ Example:
 """
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import time
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -466,17 +468,19 @@ def _batch_rows(n: int, batch_size: int, batch: int, index: int, count: int) -> 
 
 
 class _Batches(grain.MapDataset):
-    """Element k of the stream: a whole batch (this shard's slice), computed where it is
-    read, with the CPU time it took."""
+    """Element k of the endless stream: a whole batch (this shard's slice), computed where
+    it is read, with the CPU time it took."""
 
     def __init__(self, records: grain.MapDataset, n: int, batch_size: int,
-                 per_epoch: int, total: int | None, index: int, count: int):
+                 per_epoch: int, index: int, count: int):
         super().__init__(records)
         self._n, self._batch_size, self._per_epoch = n, batch_size, per_epoch
-        self._total, self._index, self._count = total, index, count
+        self._index, self._count = index, count
 
     def __len__(self) -> int:
-        return self._total if self._total is not None else 2 ** 62
+        # Endless for grain: workers that reach the end of a finite stream leave their
+        # last batch in shared memory (grain 0.2.18); the pipeline stops at its end.
+        return 2 ** 62
 
     def __str__(self):
         return f"ImagePipelineBatches(batch_size={self._batch_size})"
@@ -510,6 +514,18 @@ def _close(iterator) -> None:
     close = getattr(iterator, "close", None)
     if close is not None:
         close()
+
+
+# Pipelines with a live grain iterator. Their workers and shared memory are released
+# before interpreter teardown, where grain 0.2.18's finalizers fail (a pipeline kept in
+# a global of a script would otherwise print errors at exit).
+_LIVE: "weakref.WeakSet[ImagePipeline]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pipelines() -> None:
+    for pipeline in list(_LIVE):
+        pipeline.close()
 
 
 class ImagePipeline:
@@ -597,7 +613,7 @@ class ImagePipeline:
         self._n, self._per_epoch = n, per_epoch
         self._total = None if num_epochs is None else num_epochs * per_epoch
         self.shard_index, self.shard_count = int(index), int(count)
-        self._stream = _Batches(self._records(), n, int(batch_size), per_epoch, self._total,
+        self._stream = _Batches(self._records(), n, int(batch_size), per_epoch,
                                 self.shard_index, self.shard_count)
         self._position = 0
         self._live = None        # a grain iterator over the stream ...
@@ -677,6 +693,7 @@ class ImagePipeline:
             if self._live is None or self._live_at != self._position:
                 self.close()
                 self._live, self._live_at = self._iterator(self._position), self._position
+                _LIVE.add(self)
             try:
                 batch = self._take(self._live)
             except BaseException:
@@ -684,21 +701,14 @@ class ImagePipeline:
                 raise
             self._position += 1
             self._live_at += 1
+            if self._position == self._total:
+                self.close()
             yield batch
-
-    def first_batches(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The stream's first ``count`` batches, read by a fresh iterator; the position
-        is left as it is (an evaluation reads the same epoch every time)."""
-        iterator = self._iterator(0)
-        try:
-            for _ in range(count if self._total is None else min(count, self._total)):
-                yield self._take(iterator)
-        finally:
-            _close(iterator)
 
     def close(self) -> None:
         """Stops the worker processes (a later iteration starts new ones)."""
         live, self._live, self._live_at = self._live, None, None
+        _LIVE.discard(self)
         if live is not None:
             _close(live)
 
@@ -739,8 +749,11 @@ class ImagePipeline:
                 raise ValueError(f"ImagePipeline.set_state: the state is from a different "
                                  f"pipeline. Expected {key}={value!r}. Received: "
                                  f"{key}={saved!r}")
-        self._position = state["position"]
+        self._seek(state["position"])
         return self
+
+    def _seek(self, position: int) -> None:
+        self._position = position
 
     # --------------------------------------------------------------------- sharding
     def shard(self, index: int, count: int) -> "ImagePipeline":
@@ -791,13 +804,15 @@ class ImagePipeline:
 class ImagePipelineAdapter(_BatchSourceAdapter):
     """An :class:`ImagePipeline` seen through the adapter protocol.
 
-    For ``fit`` every epoch takes the next ``batches_per_epoch`` batches (at most
-    ``steps_per_epoch``) of the pipeline's stream, from its position, so a restored
+    Every epoch of ``fit`` takes the next ``batches_per_epoch`` batches (at most
+    ``steps_per_epoch``) of the pipeline's stream from its position, so a restored
     pipeline resumes training where it stopped; when a finite stream ends,
-    :attr:`exhausted` becomes True. For ``evaluate``, ``predict`` and validation every
-    call reads the stream's first epoch again. ``fit``'s ``shuffle`` and ``batch_size``
-    do not apply (the pipeline has its own). :meth:`shard` shards the pipeline, so each
-    process prepares only its slice.
+    :attr:`exhausted` becomes True. ``evaluate``, ``predict`` and validation read whole
+    epochs: each call starts at the next epoch boundary, so a pipeline without shuffle or
+    random transforms gives the same batches every time (keep ``num_epochs=None`` for a
+    pipeline read more than once). The workers live on between epochs. ``fit``'s
+    ``shuffle`` and ``batch_size`` do not apply (the pipeline has its own); :meth:`shard`
+    shards the pipeline, so each process prepares only its slice.
     """
 
     _kind = "an ImagePipeline"
@@ -833,11 +848,11 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
         return self._epoch()
 
     def _epoch(self) -> Iterator[tuple]:
-        wanted = self.num_batches
+        pipeline, wanted = self.pipeline, self.num_batches
         if self._what != "fit":
-            source = self.pipeline.first_batches(wanted)
-        else:
-            source = iter(self.pipeline)
+            pipeline._seek(-(-pipeline.position // pipeline.batches_per_epoch)
+                           * pipeline.batches_per_epoch)
+        source = iter(pipeline)
         count = 0
         try:
             while count < wanted:
@@ -859,11 +874,9 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
                                     class_weight=self._class_weight, what=self._what)
 
     def on_epoch_end(self) -> None:
-        if self._what != "fit":
-            return
-        if self.pipeline.num_batches is not None and \
-                self.pipeline.position >= self.pipeline.num_batches:
-            self.pipeline.close()
+        pipeline = self.pipeline
+        if pipeline.num_batches is not None and pipeline.position >= pipeline.num_batches:
+            pipeline.close()
 
 
 # ---------------------------------------------------------------- synthetic image sets

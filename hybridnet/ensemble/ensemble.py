@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

@@ -15,6 +15,7 @@ pulls and hands each its slice when the Trainer pushes, so callbacks, ``save`` a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -34,7 +35,7 @@ AXIS = "ensemble"
 
 def _layer_signature(layer) -> tuple:
     try:
-        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        config = {k: v for k, v in layer.get_config().items() if k not in ("name", "seed")}
     except (ValueError, NotImplementedError):
         config = {}
     weights = {w: (tuple(s.shape), str(s.dtype)) for w, s in layer.weight_specs.items()}
@@ -83,6 +84,41 @@ def check_homogeneous(models) -> None:
                 f"program; pass stacked=False to train different models side by side.")
 
 
+# --------------------------------------------------------------------- random draws
+
+def seed_generators(model) -> list:
+    """The model's ``SeedGenerator``s in a fixed order (layer by layer, attribute by
+    attribute, sublayers after their layer): homogeneous models list them alike."""
+    from hybridnet.variables import SeedGenerator
+    found, seen = [], set()
+
+    def walk(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        attrs = vars(layer)
+        found.extend(attrs[k] for k in sorted(attrs) if isinstance(attrs[k], SeedGenerator))
+        for sub in layer._sublayers().values():
+            walk(sub)
+    for layer in model._graph_layers():
+        walk(layer)
+    return found
+
+
+@contextlib.contextmanager
+def _member_seeds(generators: list, seeds):
+    """While a step is traced, the template's generators draw with the member's own
+    layer seeds (traced values), so a stacked member draws what it draws alone."""
+    saved = [g.seed for g in generators]
+    try:
+        for j, g in enumerate(generators):
+            g.seed = seeds[j]
+        yield
+    finally:
+        for g, seed in zip(generators, saved):
+            g.seed = seed
+
+
 # -------------------------------------------------------------------------- renaming
 
 def _rename(tree, mapping: dict):
@@ -125,7 +161,7 @@ class StackedRunner:
             plan over the remaining devices (data parallel by default).
     """
 
-    def __init__(self, template, n: int, devices=None):
+    def __init__(self, template, n: int, devices=None, seeds=None):
         devices = list(devices if devices is not None else jax.local_devices())
         slots = math.gcd(n, len(devices))
         per_member = len(devices) // slots
@@ -152,6 +188,11 @@ class StackedRunner:
                                  num_outputs=len(template.outputs))
         self.mesh = self.executor.mesh
         self._members = NamedSharding(self.mesh, PartitionSpec(AXIS))
+        self._generators = seed_generators(template)
+        if seeds is None:
+            seeds = np.tile([g.seed for g in self._generators], (n, 1))
+        self._seeds = jax.device_put(np.asarray(seeds, np.uint32).reshape(
+            n, len(self._generators)), self._members)
         self._sharding = None
         self._compiled: dict = {}
 
@@ -207,14 +248,18 @@ class StackedRunner:
             batch_sh = NamedSharding(self.mesh, PartitionSpec(None, *batch_sh.spec))
 
         def build(body):
-            vmapped = self._vmap(body, (0, None, None, None))
+            def seeded(ts, x, y, sw, seeds):
+                with _member_seeds(self._generators, seeds):
+                    return body(ts, x, y, sw)
+            vmapped = self._vmap(seeded, (0, None, None, None, 0))
 
-            def step(ts, x, y, sw, active):
-                new = vmapped(ts, x, y, sw)
+            def step(ts, x, y, sw, active, seeds):
+                new = vmapped(ts, x, y, sw, seeds)
                 return jax.tree_util.tree_map(functools.partial(_where, active), new, ts)
-            return jax.jit(step, in_shardings=(ts_sh, batch_sh, batch_sh, batch_sh,
-                                               self._members),
-                           out_shardings=ts_sh, donate_argnums=0)
+            jitted = jax.jit(step, in_shardings=(ts_sh, batch_sh, batch_sh, batch_sh,
+                                                 self._members, self._members),
+                             out_shardings=ts_sh, donate_argnums=0)
+            return lambda ts, x, y, sw, active: jitted(ts, x, y, sw, active, self._seeds)
         if steps == 1:
             fn = build(ex._train_step)
         else:
@@ -310,7 +355,8 @@ class StackedGroup:
         if self.runner is None:
             if not self._to_template:
                 self._check()
-            self.runner = StackedRunner(self.models[0], len(self.models), self.devices)
+            seeds = [[g.seed for g in seed_generators(m)] for m in self.models]
+            self.runner = StackedRunner(self.models[0], len(self.models), self.devices, seeds)
         return self.runner
 
     def pull(self) -> TrainState:

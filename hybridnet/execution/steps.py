@@ -20,6 +20,7 @@ from hybridnet import optimizers as optimizers_lib
 from hybridnet.execution.processes import check_plan_processes
 from hybridnet.execution.state import TrainState
 from hybridnet.planner.plan import Plan
+from hybridnet.variables import LossCollector
 
 
 class PackedMetrics:
@@ -164,12 +165,14 @@ class Executor:
 
     # ---------------------------------------------------------- pure steps
     def _loss_fn(self, params, state, x, y, sw, rng):
-        outputs, masks, updates = self.run(_merge(params, state), x, training=True, rng=rng,
-                                           constrain=self.constrain)
+        with LossCollector() as added:
+            outputs, masks, updates = self.run(_merge(params, state), x, training=True,
+                                               rng=rng, constrain=self.constrain)
         y_true = _as_list(y, self.num_outputs, "targets")
         sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
             [None] * self.num_outputs)
         loss, parts = self.loss(y_true, outputs, sws, masks)
+        loss = _with_added_losses(loss, added)
         new_state = _apply_updates(state, updates)
         return loss, (parts, outputs, masks, new_state, y_true, sws)
 
@@ -203,19 +206,22 @@ class Executor:
         return "conv_general_dilated" in str(jaxpr)
 
     def _eval_step(self, params, state, mstate, x, y, sw):
-        outputs, masks, _ = self.run(_merge(params, state), x, training=False, rng=None,
-                                     constrain=self.constrain)
+        with LossCollector() as added:
+            outputs, masks, _ = self.run(_merge(params, state), x, training=False, rng=None,
+                                         constrain=self.constrain)
         y_true = _as_list(y, self.num_outputs, "targets")
         sws = _as_list(sw, self.num_outputs, "sample weights") if sw is not None else (
             [None] * self.num_outputs)
         loss, parts = self.loss(y_true, outputs, sws, masks)
+        loss = _with_added_losses(loss, added)
         batch_size = jax.tree_util.tree_leaves(x)[0].shape[0]
         return self._packed.update(mstate, loss, parts, batch_size, y_true, outputs, sws,
                                    masks)
 
     def _predict_step(self, params, state, x):
-        outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None,
-                                 constrain=self.constrain)
+        with LossCollector():
+            outputs, _, _ = self.run(_merge(params, state), x, training=False, rng=None,
+                                     constrain=self.constrain)
         return outputs
 
     # ---------------------------------------------------------- compiled
@@ -285,6 +291,17 @@ class Executor:
         if fn is None:
             fn = self._compiled["results"] = jax.jit(self._packed.results)
         return fn(mstate)
+
+
+def _with_added_losses(loss, added: LossCollector):
+    """The compiled loss plus the losses layers added (``add_loss``, regularizers)."""
+    extra = added.total()
+    if extra is None:
+        if isinstance(loss, float):
+            raise ValueError("compile() was given no loss and no layer adds one "
+                             "(add_loss): there is nothing to minimize.")
+        return loss
+    return extra if isinstance(loss, float) else loss + extra
 
 
 def _merge(params: dict, state: dict) -> dict:

@@ -278,7 +278,8 @@ class MultiHeadAttention(Layer):
         seed: optional int seeding the dropout.
 
     Call arguments:
-        query: ``(B, T, dim)``; value: ``(B, S, dim_v)``; key: ``(B, S, dim_k)`` (default ``value``).
+        query: ``(B, T, dim)``; value: ``(B, S, dim_v)``;
+        key: ``(B, S, dim_k)`` (default: ``value``).
         query_mask, value_mask, key_mask: optional ``(B, T)`` / ``(B, S)`` bool.
         attention_mask: optional ``(B, T, S)`` bool, True where attention is allowed.
         return_attention_scores: also return the ``(B, num_heads, T, S)`` weights.
@@ -287,6 +288,7 @@ class MultiHeadAttention(Layer):
             should use the same value each time.
         training: dropout of the attention weights.
         use_causal_mask: forbid query ``i`` from attending to key ``j > i``.
+        mask: the query's mask as a model passes it (used when ``query_mask`` is None).
 
     Example:
         >>> x = Input((8, 16))
@@ -341,10 +343,12 @@ class MultiHeadAttention(Layer):
         """Takes ``query``, ``value`` and ``key`` positionally or by name (so build sees
         every shape) and records ``return_attention_scores`` for :meth:`compute_mask`."""
         args = list(args)
-        for name in ("query", "value", "key"):
-            if name in kwargs and kwargs[name] is not None:
-                if len(args) != ("query", "value", "key").index(name):
-                    raise TypeError(f"{_owner(self)}: got `{name}` twice or out of order.")
+        for position, name in enumerate(("query", "value", "key")):
+            if kwargs.get(name) is not None:
+                if len(args) != position:
+                    raise TypeError(f"{_owner(self)}: `{name}` must be input number "
+                                    f"{position + 1} (query, value, key). Received: "
+                                    f"{len(args)} inputs before {name}=")
                 args.append(kwargs.pop(name))
             kwargs.pop(name, None)
         if len(args) < 2:
@@ -446,7 +450,7 @@ class MultiHeadAttention(Layer):
         if self.sliding_window is not None:
             masks.append((jnp.abs(rows - cols) < self.sliding_window)[None])
         if attention_mask is not None:
-            masks.insert(0, jnp.asarray(attention_mask).astype(bool))
+            masks.append(jnp.asarray(attention_mask).astype(bool))
         if not masks:
             return None
         combined = masks[0]

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from hybridnet import initializers, utils
-from hybridnet.variables import SeedGenerator, StatelessScope, Variable, current_scope
+from hybridnet.variables import (LossCollector, SeedGenerator, StatelessScope, Variable,
+                                 current_collector, current_scope)
 
 Shape = tuple  # tuple of int | None, batch dimension first
 WeightSpec = Variable  # a declared weight: shape, dtype, initializer, trainable, axes
@@ -143,7 +144,7 @@ class Layer:
     def __init__(self, *, name: str | None = None, dtype="float32", trainable: bool = True,
                  input_shape=None, batch_size: int | None = None, input_dim: int | None = None,
                  batch_input_shape=None, autocast: bool = True, parallel: Any = "data",
-                 stage: int | None = None, **kwargs):
+                 stage: int | None = None, activity_regularizer=None, **kwargs):
         object.__setattr__(self, "_tracked", {})
         object.__setattr__(self, "_own_variables", {})
         object.__setattr__(self, "_seed_generators", [])
@@ -155,6 +156,10 @@ class Layer:
             dtype = dtype.get("config", {}).get("name", "float32")
         self.dtype = jnp.dtype(getattr(dtype, "name", dtype) or "float32")
         self._trainable = bool(trainable)
+        if activity_regularizer is not None:
+            from hybridnet import regularizers
+            activity_regularizer = regularizers.get(activity_regularizer)
+        self.activity_regularizer = activity_regularizer
         self.parallel = parallel
         if stage is not None and (not isinstance(stage, int) or stage < 0):
             raise ValueError(f"Layer '{self.name}': `stage` must be a non-negative int. "
@@ -199,10 +204,9 @@ class Layer:
         if isinstance(shape, str):
             raise TypeError(f"{owner}: add_weight takes (shape, initializer, dtype, trainable, "
                             f"..., name=), as in Keras. Received: shape={shape!r}")
-        for arg, value in (("regularizer", regularizer), ("constraint", constraint)):
-            if value is not None:
-                raise NotImplementedError(f"{owner}: add_weight does not support `{arg}` yet. "
-                                          f"Received: {arg}={value!r}")
+        if constraint is not None:
+            raise NotImplementedError(f"{owner}: add_weight does not support `constraint` "
+                                      f"yet. Received: constraint={constraint!r}")
         shape = () if shape is None else tuple(int(d) for d in shape)
         dtype = jnp.dtype(getattr(dtype, "name", dtype) or self.dtype)
         if initializer is None:
@@ -217,6 +221,11 @@ class Layer:
                        seed=(self._seed, len(self._own_variables)))
         var.path = f"{self.name}/{name}"
         var._materialize = self._materialize_values
+        if regularizer is None:  # a layer's `kernel_regularizer=` and the like
+            regularizer = self.__dict__.get(f"{name}_regularizer")
+        if regularizer is not None:
+            from hybridnet import regularizers
+            var.regularizer = regularizers.get(regularizer)
         self._own_variables[name] = var
         return var
 
@@ -264,12 +273,45 @@ class Layer:
                 scope.bind(var, weights[path])
         with scope:
             out = self.call(*args, **self._call_arguments(dict(kwargs), training, mask))
+            self._add_regularization_losses(variables)
+            self._add_activity_loss(out)
         updates = {}
         for path, var in variables.items():
             new = scope.new_value(var)
             if new is not None:
                 updates[path] = new
         return out, updates
+
+    # ----------------------------------------------------------------- losses
+    def add_loss(self, loss) -> None:
+        """Adds a scalar loss (summed with the compiled loss), as Keras's ``add_loss``."""
+        collector = current_collector()
+        if collector is not None:
+            collector.losses.append(loss)
+        elif current_scope() is not None and not current_scope().abstract:
+            raise NotImplementedError(f"Layer '{self.name}': add_loss is not supported by "
+                                      f"this runner (pipeline stages).")
+
+    @property
+    def losses(self) -> list:
+        """The losses added during the layer's last eager call (regularization included)."""
+        return list(self.__dict__.get("_eager_losses", []))
+
+    def _add_activity_loss(self, outputs) -> None:
+        if self.activity_regularizer is None or current_collector() is None:
+            return
+        for out in jax.tree_util.tree_leaves(outputs):
+            if hasattr(out, "shape"):
+                self.add_loss(self.activity_regularizer(out))
+
+    def _add_regularization_losses(self, variables: dict) -> None:
+        collector = current_collector()
+        if collector is None:
+            return
+        for var in variables.values():
+            if var.regularizer is not None and id(var) not in collector.regularized:
+                collector.regularized.add(id(var))
+                collector.losses.append(var.regularizer(var.value))
 
     def compute_output_shape(self, *input_shapes):
         """Output shape(s), found by tracing ``call`` (unknown dimensions stay None)."""
@@ -379,7 +421,9 @@ class Layer:
         training = kwargs.pop("training", None)
         if training is None:
             training = scope.training
-        return self.call(*args, **self._call_arguments(kwargs, training, mask))
+        out = self.call(*args, **self._call_arguments(kwargs, training, mask))
+        self._add_activity_loss(out)
+        return out
 
     def _call_eager(self, *args, training: bool | None = None, **kwargs):
         """Calls the layer on arrays, creating its own weights on first use. In training
@@ -391,9 +435,11 @@ class Layer:
             self._build_from_arrays(args, kwargs)
         values = self._weight_values()
         mask = kwargs.pop("mask", None)
-        out, updates = self.apply(values, *args, training=bool(training),
-                                  rng=utils.next_rng_key() if training else None, mask=mask,
-                                  **kwargs)
+        with LossCollector() as collector:
+            out, updates = self.apply(values, *args, training=bool(training),
+                                      rng=utils.next_rng_key() if training else None,
+                                      mask=mask, **kwargs)
+        self._eager_losses = list(collector.losses)
         variables = self._variables_by_path()
         for path, value in updates.items():
             variables[path].assign(value)
@@ -531,6 +577,11 @@ class Layer:
             if tuple(np.shape(w)) != var.shape:
                 raise ValueError(f"Layer '{self.name}': weight '{path}' expected shape "
                                  f"{var.shape}. Received: shape={tuple(np.shape(w))}")
+        if self._create_values is None and any(v._value is None for v in variables.values()):
+            # Not placed by any model yet: nothing to match, no initializer to run.
+            self._values = {p: jnp.asarray(w, v.dtype)
+                            for (p, v), w in zip(variables.items(), weights)}
+            return
         current = self._weight_values()
         # Same placement as the values they replace (sharded weights stay sharded).
         self._values = {p: jax.device_put(jnp.asarray(w, v.dtype),
@@ -561,6 +612,9 @@ class Layer:
                 "shard": {"mode": self.parallel.mode, "axis": self.parallel.axis}}
         if self.stage is not None:
             config["stage"] = self.stage
+        if self.activity_regularizer is not None:
+            from hybridnet import regularizers
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
 
     @staticmethod

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hybridnet import activations, utils
+from hybridnet import activations, regularizers, utils
 from hybridnet.layers.base import Layer
 
 _KERNEL_CHOICES = ("xla", "pallas", "auto")
@@ -95,7 +95,7 @@ class Conv2D(Layer):
     def __init__(self, filters: int, kernel_size, strides=(1, 1), padding="valid",
                  data_format=None, dilation_rate=(1, 1), activation=None, use_bias: bool = True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel="xla",
-                 **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         owner = _owner(self)
         if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters <= 0:
@@ -115,6 +115,8 @@ class Conv2D(Layer):
         self.use_bias = bool(use_bias)
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         if kernel not in _KERNEL_CHOICES:
             raise ValueError(f"{owner}: `kernel` must be one of {_KERNEL_CHOICES}. "
                              f"Received: kernel={kernel!r}")
@@ -213,7 +215,9 @@ class Conv2D(Layer):
                 "dilation_rate": list(self.dilation_rate),
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer, "kernel": self.kernel_impl}
+                "bias_initializer": self.bias_initializer, "kernel": self.kernel_impl,
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
 
 # ------------------------------------------------------------ the other convolutions
@@ -472,13 +476,38 @@ class Conv2DTranspose(Layer):
                 "kernel_initializer": self.kernel_initializer}
 
 
+def _same_pads(n: int, window: int, stride: int) -> tuple[int, int]:
+    """XLA's "SAME" padding of one axis (the extra row at the end)."""
+    total = max((-(-n // stride) - 1) * stride + window - n, 0)
+    return total // 2, total - total // 2
+
+
 def _depthwise(x, kernel, strides, padding: str, dilation_rate):
-    """Per-channel convolution: NHWC ``x`` with a ``(kh, kw, C, M)`` kernel -> C*M channels."""
+    """Per-channel convolution: NHWC ``x`` with a ``(kh, kw, C, M)`` kernel -> C*M channels
+    (output channel ``c * M + m``, as Keras).
+
+    Written as a sum of shifted products rather than a grouped convolution: XLA's SPMD
+    partitioner (jax 0.10) gets the kernel gradient of a ``feature_group_count``
+    convolution wrong, by the model-axis size, when its output is replicated over that
+    axis and feeds a model-sharded layer.
+    """
     kh, kw, c, m = kernel.shape
-    return lax.conv_general_dilated(
-        x, kernel.reshape(kh, kw, 1, c * m), window_strides=strides, padding=padding.upper(),
-        rhs_dilation=dilation_rate, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c)
+    x = jnp.repeat(x, m, axis=-1) if m > 1 else x
+    w = kernel.reshape(kh, kw, c * m)
+    (sh, sw), (dh, dw) = strides, dilation_rate
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if padding == "same":
+        x = jnp.pad(x, ((0, 0), _same_pads(x.shape[1], eh, sh), _same_pads(x.shape[2], ew, sw),
+                        (0, 0)))
+    oh, ow = (x.shape[1] - eh) // sh + 1, (x.shape[2] - ew) // sw + 1
+    out = 0
+    for i in range(kh):
+        for j in range(kw):
+            window = lax.slice(x, (0, i * dh, j * dw, 0),
+                               (x.shape[0], i * dh + (oh - 1) * sh + 1,
+                                j * dw + (ow - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1))
+            out = out + window * w[i, j]
+    return out
 
 
 class DepthwiseConv2D(Layer):
@@ -522,15 +551,15 @@ class DepthwiseConv2D(Layer):
     def build(self, input_shape):
         kh, kw = self.kernel_size
         channels = input_shape[-1]
-        # The channel dimension indexes output-channel groups: sharding it shards outputs.
+        # No model-sharded axes: tensor parallelism leaves this layer replicated.
         self.kernel = self.add_weight(shape=(kh, kw, channels, self.depth_multiplier),
                                       initializer=self.depthwise_initializer, name="kernel",
-                                      axes=("kernel_h", "kernel_w", "conv_out",
+                                      axes=("kernel_h", "kernel_w", "conv_in",
                                             "depth_multiplier"))
         if self.use_bias:
             self.bias = self.add_weight(shape=(channels * self.depth_multiplier,),
                                         initializer=self.bias_initializer, name="bias",
-                                        axes=("conv_out",))
+                                        axes=("depthwise_out",))
 
     def call(self, inputs):
         y = _depthwise(inputs, self.kernel.value.astype(inputs.dtype), self.strides,

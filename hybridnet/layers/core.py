@@ -8,7 +8,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from hybridnet import activations, random
+from hybridnet import activations, random, regularizers
 from hybridnet.layers.base import Layer
 from hybridnet.variables import SeedGenerator
 
@@ -39,7 +39,8 @@ class Dense(Layer):
     supports_masking = True
 
     def __init__(self, units: int, activation=None, use_bias: bool = True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"Layer '{self.name}' (Dense): `units` must be a positive int. "
@@ -49,6 +50,8 @@ class Dense(Layer):
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def _check_input(self, input_shape):
         _check_min_rank(self, input_shape, 2)
@@ -63,10 +66,12 @@ class Dense(Layer):
     def build(self, input_shape):
         self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
                                       initializer=self.kernel_initializer, name="kernel",
+                                      regularizer=self.kernel_regularizer,
                                       axes=("embed", "mlp"))
         if self.use_bias:
             self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
-                                        name="bias", axes=("mlp",))
+                                        name="bias", regularizer=self.bias_regularizer,
+                                        axes=("mlp",))
 
     def call(self, inputs):
         y = jnp.matmul(inputs, self.kernel.value)
@@ -81,7 +86,9 @@ class Dense(Layer):
         return {**super().get_config(), "units": self.units,
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer}
+                "bias_initializer": self.bias_initializer,
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
 
 class Activation(Layer):

@@ -324,7 +324,8 @@ def rnn_scan(cell, inputs, states, mask=None, *, reverse=False, zero_output_for_
         (reversed when ``reverse``), as Keras returns them, and the final states.
 
     Example:
-        >>> outputs, (h,) = rnn_scan(lambda x, s: (x + s[0],) * 2, xs, (h0,))
+        >>> cell = lambda x, s: (x + s[0], (x + s[0],))  # a running sum
+        >>> outputs, (h,) = rnn_scan(cell, xs, (h0,))
     """
     def step(carry, inp):
         x_t, m_t = inp
@@ -409,10 +410,9 @@ def _dropout_masks(key, rate: float, count: int, shape) -> jnp.ndarray:
 
 class _SingleStateRNN(Layer):
     """What GRU and SimpleRNN share: arguments, checks, dropout masks, the time loop and
-    outputs. Subclasses define ``build``, ``_gates`` and ``_cell``."""
+    outputs. Subclasses define ``build`` and ``_cell``."""
 
     supports_masking = True
-    _gates = 1
 
     def __init__(self, units, activation, use_bias, kernel_initializer, recurrent_initializer,
                  bias_initializer, dropout, recurrent_dropout, seed, return_sequences,

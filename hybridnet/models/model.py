@@ -515,10 +515,7 @@ class Model(Layer):
 
     def _resolve_compile_args(self):
         names = self.output_names
-        loss = self._loss_arg
-        if loss is None:
-            raise ValueError(f"compile: `loss` is required for model '{self.name}'. "
-                             "Received: loss=None")
+        loss = self._loss_arg  # None: only the losses layers add (add_loss) are minimized
         losses = _per_output(loss, names, "loss")
         self._losses = [None if fn is None else losses_lib.get(fn) for fn in losses]
         weights = _per_output(self._loss_weights_arg, names, "loss_weights") if (
