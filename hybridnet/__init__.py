@@ -9,16 +9,16 @@ Example:
     >>> model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
 """
 from hybridnet import (activations, initializers, layers, losses, metrics, ops, optimizers,
-                       random, saving, strategies, utils)
+                       random, regularizers, saving, strategies, utils)
 from hybridnet.layers import Input, Layer
 from hybridnet.models import Model, Sequential, load_model
 from hybridnet.strategies import Shard
 from hybridnet.execution.state import TrainState
 from hybridnet.variables import Variable
-from hybridnet import callbacks, distributed, models
+from hybridnet import callbacks, distributed, ensemble, models
 
 __version__ = "0.1.0"
 __all__ = ["Input", "Layer", "Model", "Shard", "Sequential", "TrainState", "Variable",
-           "activations", "callbacks", "distributed", "initializers", "layers", "load_model",
-           "losses", "metrics", "models", "ops", "optimizers", "random", "saving", "strategies",
-           "utils"]
+           "activations", "callbacks", "distributed", "ensemble", "initializers", "layers",
+           "load_model", "losses", "metrics", "models", "ops", "optimizers", "random",
+           "regularizers", "saving", "strategies", "utils"]

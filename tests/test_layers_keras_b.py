@@ -21,8 +21,11 @@ import pytest  # noqa: E402
 
 import hybridnet as hn  # noqa: E402
 from hybridnet import layers as L  # noqa: E402
+from hybridnet.variables import LossCollector  # noqa: E402
 
 keras = pytest.importorskip("keras")
+# Keras' own variables call np.array(copy=False) on JAX arrays under numpy 2.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 TOL = 1e-5
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -193,6 +196,26 @@ def test_recurrent_configs_weights_and_masks():
     out_mask = L.SimpleRNN(3, return_sequences=True, return_state=True).compute_mask(None, mask)
     assert out_mask[0] is mask and out_mask[1] is None
     assert L.GRU(3).compute_mask(None, mask) is None
+
+
+def test_regularizers_match_keras():
+    regs = dict(kernel_regularizer="l2", bias_regularizer="l1")
+    pairs = [(L.GRU(3, recurrent_regularizer="l1", **regs, **RNN_ZEROS),
+              keras.layers.GRU(3, recurrent_regularizer="l1", **regs, **RNN_ZEROS), [(5, 4)]),
+             (L.MultiHeadAttention(2, 3, **regs, **ZEROS),
+              keras.layers.MultiHeadAttention(2, 3, **regs, **ZEROS), [(5, 6), (4, 7)])]
+    for ours, theirs, shapes in pairs:
+        build_pair(ours, theirs, *shapes)
+        assert type(round_trip(ours).kernel_regularizer).__name__ == "L2"
+        w = dict(zip(ours.weight_specs, theirs.get_weights()))
+        inputs = [rand(i, (2,) + s) for i, s in enumerate(shapes)]
+
+        def penalty(w, inputs, ours=ours):
+            with LossCollector() as collector:
+                ours.apply(w, *inputs)
+            return collector.total()
+        expected = sum(float(loss) for loss in theirs.losses)
+        np.testing.assert_allclose(float(jax.jit(penalty)(w, inputs)), expected, rtol=1e-5)
 
 
 def test_recurrent_bad_inputs():

@@ -39,7 +39,7 @@ import time
 import warnings
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
@@ -234,7 +234,7 @@ class Resize(grain.transforms.Map):
     """
 
     def __init__(self, size, interpolation: str = "bilinear"):
-        self.shorter_side = None
+        self.shorter_side = self.size = None
         if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
             self.shorter_side = _pair("Resize", "size", size)[0]
         else:
@@ -563,6 +563,10 @@ class ImagePipeline:
         prefetch: batches computed ahead, per worker (0 with no workers: none).
         drop_remainder: leave out each epoch's last, smaller batch (one compiled shape).
 
+    With ``worker_count > 0`` a script must guard its entry point with
+    ``if __name__ == "__main__":`` (workers are spawned and import it). :meth:`close`
+    (or a ``with`` block) stops the workers; pipelines still open are closed at exit.
+
     Example:
         >>> pipeline = ImagePipeline(array_source(x, y), [RandomFlip(), Normalize()],
         ...                          batch_size=32, seed=0, num_epochs=1)
@@ -685,7 +689,7 @@ class ImagePipeline:
         if pid != os.getpid():
             self._worker_cpu[pid] = max(process_cpu, self._worker_cpu.get(pid, 0.0))
         # Batches from workers arrive in shared memory; a plain copy frees it at once.
-        return np.array(images), np.array(labels)
+        return tuple(a if type(a) is np.ndarray else np.array(a) for a in (images, labels))
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches from the current position to the end of the stream."""

@@ -8,9 +8,9 @@ import string
 import jax
 import jax.numpy as jnp
 
-from hybridnet import random
-from hybridnet.layers.base import KerasTensor, Layer, _abstract, _is_symbolic
-from hybridnet.variables import SeedGenerator, StatelessScope
+from hybridnet import random, regularizers
+from hybridnet.layers.base import Layer
+from hybridnet.variables import SeedGenerator
 from hybridnet.layers.conv import _owner
 
 
@@ -169,14 +169,16 @@ class _Projection(Layer):
     ``input_shape[-contract:] + output_shape`` and adds a bias ``output_shape``."""
 
     def __init__(self, output_shape: tuple, contract: int, *, use_bias: bool,
-                 kernel_initializer, bias_initializer, kernel_axes: tuple, bias_axes: tuple,
-                 activation=None, **kwargs):
+                 kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer,
+                 kernel_axes: tuple, bias_axes: tuple, activation=None, **kwargs):
         super().__init__(**kwargs)
         self.projection_shape = tuple(output_shape)
         self.contract = contract
         self.use_bias = use_bias
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.kernel_regularizer = kernel_regularizer
+        self.bias_regularizer = bias_regularizer
         self.kernel_axes = kernel_axes
         self.bias_axes = bias_axes
         self.activation = activation
@@ -187,10 +189,11 @@ class _Projection(Layer):
                                        tuple(range(n_in, n_in + n_out)))
         self.kernel = self.add_weight(
             shape=tuple(input_shape[-n_in:]) + self.projection_shape, initializer=init,
-            name="kernel", axes=self.kernel_axes)
+            regularizer=self.kernel_regularizer, name="kernel", axes=self.kernel_axes)
         if self.use_bias:
             self.bias = self.add_weight(shape=self.projection_shape,
-                                        initializer=self.bias_initializer, name="bias",
+                                        initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias",
                                         axes=self.bias_axes)
 
     def call(self, inputs):
@@ -274,6 +277,8 @@ class MultiHeadAttention(Layer):
         flash_attention: accepted for Keras compatibility; the computation is the
             same (plain XLA). True refuses dropout and returned scores, as Keras.
         kernel_initializer, bias_initializer: names (glorot_uniform, zeros).
+        kernel_regularizer, bias_regularizer: optional regularizers of every projection's
+            weights (added to the training loss).
         use_gate: multiply the attention output by a sigmoid gate projected from the query.
         seed: optional int seeding the dropout.
 
@@ -301,8 +306,8 @@ class MultiHeadAttention(Layer):
                  dropout: float = 0.0, use_bias: bool = True, output_shape=None,
                  attention_axes=None, sliding_window: int | None = None,
                  flash_attention: bool | None = None, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", use_gate: bool = False, seed: int | None = None,
-                 **kwargs):
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 use_gate: bool = False, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         owner = _owner(self)
         for arg, value in (("num_heads", num_heads), ("key_dim", key_dim),
@@ -334,6 +339,8 @@ class MultiHeadAttention(Layer):
         self.flash_attention = flash_attention
         self.kernel_initializer = kernel_initializer
         self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.use_gate = bool(use_gate)
         self.seed = seed
         self.seed_generator = SeedGenerator(seed)
@@ -357,21 +364,6 @@ class MultiHeadAttention(Layer):
         self._return_attention_scores = bool(kwargs.get("return_attention_scores", False))
         return super().__call__(*args, **kwargs)
 
-    def _trace_outputs(self, args, kwargs):
-        """As :meth:`Layer._trace_outputs`, with the Python flags among ``kwargs``
-        (``return_attention_scores``, ``use_causal_mask``) kept static."""
-        flags = {k: v for k, v in kwargs.items() if not _is_symbolic(v)}
-        tensors = {k: v for k, v in kwargs.items() if k not in flags}
-
-        def run(a, k):
-            with StatelessScope(abstract=True, training=False):
-                return self.call(*a, **self._call_arguments({**k, **flags}, False, None))
-        outs = [jax.eval_shape(run, _abstract(args, b), _abstract(tensors, b)) for b in (83, 89)]
-        return jax.tree_util.tree_map(
-            lambda s1, s2: KerasTensor(tuple(d1 if d1 == d2 else None
-                                             for d1, d2 in zip(s1.shape, s2.shape)), s1.dtype),
-            outs[0], outs[1])
-
     def _check_input(self, input_shape):
         if isinstance(input_shape, list) or len(input_shape) < 3:
             raise ValueError(f"{_owner(self)} expects `query` of rank >= 3 (batch, steps, "
@@ -392,7 +384,9 @@ class MultiHeadAttention(Layer):
                     activation=None):
         return _Projection(output_shape, contract, use_bias=self.use_bias,
                            kernel_initializer=self.kernel_initializer,
-                           bias_initializer=self.bias_initializer, kernel_axes=kernel_axes,
+                           bias_initializer=self.bias_initializer,
+                           kernel_regularizer=self.kernel_regularizer,
+                           bias_regularizer=self.bias_regularizer, kernel_axes=kernel_axes,
                            bias_axes=bias_axes, activation=activation, name=name,
                            dtype=self.dtype)
 
@@ -515,5 +509,7 @@ class MultiHeadAttention(Layer):
                                    if self.attention_axes is not None else None),
                 "sliding_window": self.sliding_window, "flash_attention": self.flash_attention,
                 "kernel_initializer": self.kernel_initializer,
-                "bias_initializer": self.bias_initializer, "use_gate": self.use_gate,
-                "seed": self.seed}
+                "bias_initializer": self.bias_initializer,
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "use_gate": self.use_gate, "seed": self.seed}

@@ -323,10 +323,19 @@ class Layer:
     def _trace_outputs(self, args, kwargs):
         """Output KerasTensors (without nodes) of calling on symbolic ``args``, found by
         tracing ``call`` twice with different sizes for the unknown dimensions."""
-        def run(a, k):
+        is_leaf = lambda t: isinstance(t, KerasTensor)  # noqa: E731
+        leaves, treedef = jax.tree_util.tree_flatten((list(args), dict(kwargs)), is_leaf=is_leaf)
+        symbolic = [i for i, t in enumerate(leaves) if isinstance(t, KerasTensor)]
+
+        def run(tensors):  # only tensors are traced; Python values stay static
+            filled = list(leaves)
+            for i, t in zip(symbolic, tensors):
+                filled[i] = t
+            a, k = jax.tree_util.tree_unflatten(treedef, filled)
             with StatelessScope(abstract=True, training=False):
                 return self.call(*a, **self._call_arguments(dict(k), False, None))
-        outs = [jax.eval_shape(run, _abstract(args, b), _abstract(kwargs, b)) for b in (83, 89)]
+        outs = [jax.eval_shape(run, _abstract([leaves[i] for i in symbolic], b))
+                for b in (83, 89)]
         return jax.tree_util.tree_map(
             lambda s1, s2: KerasTensor(tuple(d1 if d1 == d2 else None
                                              for d1, d2 in zip(s1.shape, s2.shape)), s1.dtype),

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from hybridnet import activations, initializers
+from hybridnet import activations, initializers, regularizers
 from hybridnet.layers.base import Layer
 from hybridnet.variables import SeedGenerator
 from hybridnet.layers.conv import _owner, resolve_kernel
@@ -415,8 +415,9 @@ class _SingleStateRNN(Layer):
     supports_masking = True
 
     def __init__(self, units, activation, use_bias, kernel_initializer, recurrent_initializer,
-                 bias_initializer, dropout, recurrent_dropout, seed, return_sequences,
-                 return_state, go_backwards, zero_output_for_mask, **kwargs):
+                 bias_initializer, kernel_regularizer, recurrent_regularizer, bias_regularizer,
+                 dropout, recurrent_dropout, seed, return_sequences, return_state, go_backwards,
+                 zero_output_for_mask, **kwargs):
         super().__init__(**kwargs)
         owner = _owner(self)
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
@@ -430,6 +431,9 @@ class _SingleStateRNN(Layer):
         self.kernel_initializer = kernel_initializer
         self.recurrent_initializer = recurrent_initializer
         self.bias_initializer = bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
         self.dropout = float(dropout)
         self.recurrent_dropout = float(recurrent_dropout)
         self.seed = seed
@@ -524,11 +528,29 @@ class _SingleStateRNN(Layer):
                 "activation": activations.serialize(self.activation),
                 "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer,
                 "recurrent_initializer": self.recurrent_initializer,
-                "bias_initializer": self.bias_initializer, "dropout": self.dropout,
-                "recurrent_dropout": self.recurrent_dropout, "seed": self.seed,
-                "return_sequences": self.return_sequences, "return_state": self.return_state,
-                "go_backwards": self.go_backwards,
+                "bias_initializer": self.bias_initializer,
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+                "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer),
+                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
+                "seed": self.seed, "return_sequences": self.return_sequences,
+                "return_state": self.return_state, "go_backwards": self.go_backwards,
                 "zero_output_for_mask": self.zero_output_for_mask}
+
+    def _add_weights(self, kernel_shape, recurrent_shape, bias_shape, bias_axes):
+        """kernel, recurrent_kernel and (with ``use_bias``) bias, in Keras' order."""
+        self.kernel = self.add_weight(shape=kernel_shape, initializer=self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer, name="kernel",
+                                      axes=("embed", "lstm_gates"))
+        self.recurrent_kernel = self.add_weight(shape=recurrent_shape,
+                                                initializer=self.recurrent_initializer,
+                                                regularizer=self.recurrent_regularizer,
+                                                name="recurrent_kernel",
+                                                axes=("lstm_hidden", "lstm_gates"))
+        if self.use_bias:
+            self.bias = self.add_weight(shape=bias_shape, initializer=self.bias_initializer,
+                                        regularizer=self.bias_regularizer, name="bias",
+                                        axes=bias_axes)
 
 
 class GRU(_SingleStateRNN):
@@ -551,6 +573,8 @@ class GRU(_SingleStateRNN):
         use_bias: add biases.
         kernel_initializer, recurrent_initializer, bias_initializer: names
             (glorot_uniform, orthogonal, zeros).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer: optional
+            regularizers of the weights (added to the training loss).
         dropout: fraction of the inputs dropped in training (one mask per call,
             shared by all steps; one per gate when ``recurrent_dropout`` > 0, as Keras).
         recurrent_dropout: fraction of ``h`` dropped before the recurrent matmuls in
@@ -575,12 +599,14 @@ class GRU(_SingleStateRNN):
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, kernel_initializer="glorot_uniform",
                  recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, seed: int | None = None,
                  return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, reset_after: bool = True,
                  zero_output_for_mask: bool = False, **kwargs):
         super().__init__(units, activation, use_bias, kernel_initializer,
-                         recurrent_initializer, bias_initializer, dropout, recurrent_dropout,
+                         recurrent_initializer, bias_initializer, kernel_regularizer,
+                         recurrent_regularizer, bias_regularizer, dropout, recurrent_dropout,
                          seed, return_sequences, return_state, go_backwards,
                          zero_output_for_mask, **kwargs)
         self.recurrent_activation = activations.get(recurrent_activation, owner=_owner(self))
@@ -593,18 +619,9 @@ class GRU(_SingleStateRNN):
 
     def build(self, input_shape):
         u3 = 3 * self.units
-        self.kernel = self.add_weight(shape=(input_shape[-1], u3),
-                                      initializer=self.kernel_initializer, name="kernel",
-                                      axes=("embed", "lstm_gates"))
-        self.recurrent_kernel = self.add_weight(shape=(self.units, u3),
-                                                initializer=self.recurrent_initializer,
-                                                name="recurrent_kernel",
-                                                axes=("lstm_hidden", "lstm_gates"))
-        if self.use_bias:
-            shape, axes = (((2, u3), (None, "lstm_gates")) if self.reset_after
-                           else ((u3,), ("lstm_gates",)))
-            self.bias = self.add_weight(shape=shape, initializer=self.bias_initializer,
-                                        name="bias", axes=axes)
+        bias_shape, bias_axes = (((2, u3), (None, "lstm_gates")) if self.reset_after
+                                 else ((u3,), ("lstm_gates",)))
+        self._add_weights((input_shape[-1], u3), (self.units, u3), bias_shape, bias_axes)
 
     def _cell(self, h_masks):
         input_bias = recurrent_bias = None
@@ -639,6 +656,8 @@ class SimpleRNN(_SingleStateRNN):
         use_bias: add a bias.
         kernel_initializer, recurrent_initializer, bias_initializer: names
             (glorot_uniform, orthogonal, zeros).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer: optional
+            regularizers of the weights (added to the training loss).
         dropout: fraction of the inputs dropped in training (one mask per call,
             shared by all steps).
         recurrent_dropout: fraction of ``h`` dropped before the recurrent matmul in
@@ -661,26 +680,20 @@ class SimpleRNN(_SingleStateRNN):
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
-                 bias_initializer="zeros", dropout: float = 0.0, recurrent_dropout: float = 0.0,
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, dropout: float = 0.0, recurrent_dropout: float = 0.0,
                  return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, seed: int | None = None,
                  zero_output_for_mask: bool = False, **kwargs):
         super().__init__(units, activation, use_bias, kernel_initializer,
-                         recurrent_initializer, bias_initializer, dropout, recurrent_dropout,
+                         recurrent_initializer, bias_initializer, kernel_regularizer,
+                         recurrent_regularizer, bias_regularizer, dropout, recurrent_dropout,
                          seed, return_sequences, return_state, go_backwards,
                          zero_output_for_mask, **kwargs)
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
-                                      initializer=self.kernel_initializer, name="kernel",
-                                      axes=("embed", "lstm_gates"))
-        self.recurrent_kernel = self.add_weight(shape=(self.units, self.units),
-                                                initializer=self.recurrent_initializer,
-                                                name="recurrent_kernel",
-                                                axes=("lstm_hidden", "lstm_gates"))
-        if self.use_bias:
-            self.bias = self.add_weight(shape=(self.units,), initializer=self.bias_initializer,
-                                        name="bias", axes=("lstm_gates",))
+        self._add_weights((input_shape[-1], self.units), (self.units, self.units),
+                          (self.units,), ("lstm_gates",))
 
     def _cell(self, h_masks):
         recurrent_kernel = self.recurrent_kernel.value
