@@ -205,10 +205,10 @@ def test_lambda_and_unknown_classes_are_refused(tmp_path):
     km.save(tmp_path / "lambda.keras")
     with pytest.raises(ValueError, match="Lambda.*safe_mode"):
         hybridnet.models.load_model(tmp_path / "lambda.keras", safe_mode=False)
-    km = keras.Sequential([keras.Input((5, 4)), kl.Conv1D(3, 2), kl.Dense(2)])
-    km.save(tmp_path / "conv1d.keras")
-    with pytest.raises(ValueError, match=r"class 'Conv1D'.*Supported: \['InputLayer', 'Dense'"):
-        hybridnet.models.load_model(tmp_path / "conv1d.keras")
+    km = keras.Sequential([keras.Input((5, 4, 4, 2)), kl.Conv3D(3, 2), kl.Dense(2)])
+    km.save(tmp_path / "conv3d.keras")
+    with pytest.raises(ValueError, match=r"class 'Conv3D'.*Supported: \['InputLayer', 'Dense'"):
+        hybridnet.models.load_model(tmp_path / "conv3d.keras")
     km = keras.Sequential([keras.Input((5,)), kl.Dense(3, kernel_constraint="non_neg")])
     km.save(tmp_path / "c.keras")
     with pytest.warns(UserWarning, match="kernel_constraint=NonNeg"):
@@ -235,3 +235,36 @@ def test_native_format_keeps_loading_whatever_the_name(tmp_path):
     with zipfile.ZipFile(tmp_path / "new.keras") as zf:
         assert sorted(zf.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
     assert keras_format.is_keras_file(tmp_path / "new.keras")
+
+
+def test_newer_layers_round_trip_through_keras_files(tmp_path):
+    """Conv1D/GRU/SimpleRNN/separable, depthwise and transposed convolutions, resampling,
+    activation and noise layers and the other merges, Keras -> hybridnet -> Keras."""
+    rng = np.random.default_rng(0)
+
+    def build(k):
+        L = k.layers
+        seq, img = k.Input((12, 4)), k.Input((8, 8, 3))
+        a = L.MaxPooling1D(2)(L.Conv1D(6, 3, padding="same")(seq))
+        a = L.Bidirectional(L.SimpleRNN(3))(L.GRU(5, return_sequences=True)(a))
+        a = L.GlobalAveragePooling1D()(L.Permute((2, 1))(L.RepeatVector(2)(a)))
+        b = L.DepthwiseConv2D(3)(L.SeparableConv2D(4, 3, padding="same")(img))
+        b = L.Cropping2D(1)(L.UpSampling2D(2)(L.Conv2DTranspose(5, 3, strides=2)(b)))
+        b = L.GlobalMaxPooling2D()(L.LeakyReLU(0.2)(L.ReLU()(b)))
+        b = L.GaussianNoise(0.1)(L.Rescaling(0.5)(b))
+        c = L.Softmax()(L.Dense(4)(L.concatenate([a, b])))
+        d = L.subtract([c, L.maximum([c, L.minimum([c, c])])])
+        return k.Model([seq, img], [c, d])
+
+    theirs = build(keras)
+    x = [rng.normal(size=(3, 12, 4)).astype("float32"),
+         rng.normal(size=(3, 8, 8, 3)).astype("float32")]
+    want = theirs.predict(x, verbose=0)
+    theirs.save(tmp_path / "k.keras")
+    ours = hybridnet.models.load_model(str(tmp_path / "k.keras"))
+    for got, expected in zip(ours.predict(x, verbose=0), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    ours.save(str(tmp_path / "h.keras"))
+    back = keras.saving.load_model(tmp_path / "h.keras")
+    for got, expected in zip(back.predict(x, verbose=0), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

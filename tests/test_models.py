@@ -98,11 +98,16 @@ def test_fit_on_generator_and_iterable_batches():
 def test_sample_weight_zero_excludes_samples():
     x, y = _xy(32)
     model = _mlp()
-    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  weighted_metrics=["accuracy"])
     sw = np.r_[np.ones(16), np.zeros(16)].astype("float32")
-    _, acc = model.evaluate(x, y, sample_weight=sw, batch_size=32, verbose=0)
-    _, acc_half = model.evaluate(x[:16], y[:16], batch_size=16, verbose=0)
-    assert acc == pytest.approx(acc_half)
+    weighted = model.evaluate(x, y, sample_weight=sw, batch_size=32, verbose=0, return_dict=True)
+    half = model.evaluate(x[:16], y[:16], batch_size=16, verbose=0, return_dict=True)
+    whole = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+    assert weighted["weighted_accuracy"] == pytest.approx(half["accuracy"])
+    # Keras: plain metrics ignore sample_weight; the loss sums weighted losses over the batch size.
+    assert weighted["accuracy"] == pytest.approx(whole["accuracy"])
+    assert weighted["loss"] == pytest.approx(half["loss"] / 2, rel=1e-5)
 
 
 def test_train_on_batch_and_optax_optimizer():

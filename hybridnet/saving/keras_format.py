@@ -46,7 +46,12 @@ SUPPORTED = ("InputLayer", "Dense", "Activation", "Dropout", "Flatten", "Reshape
              "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D",
              "GlobalMaxPooling2D", "ZeroPadding2D", "BatchNormalization",
              "LayerNormalization", "Embedding", "LSTM", "Bidirectional", "Attention", "Add",
-             "Concatenate", "Multiply", "Average")
+             "Concatenate", "Multiply", "Average", "Subtract", "Maximum", "Minimum", "Conv1D",
+             "Conv2DTranspose", "SeparableConv2D", "DepthwiseConv2D", "UpSampling2D",
+             "Cropping2D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
+             "GlobalMaxPooling1D", "RepeatVector", "Permute", "Masking", "ReLU", "LeakyReLU",
+             "Softmax", "Rescaling", "SpatialDropout1D", "SpatialDropout2D", "GaussianNoise",
+             "GaussianDropout", "GRU", "SimpleRNN")
 _MODELS = ("Sequential", "Functional", "Model")
 _CODE_CLASSES = ("Lambda", "__lambda__", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
 
@@ -78,8 +83,8 @@ _KERAS_ONLY = {"groups": (1,), "stateful": (False,), "unroll": _ANY, "renorm": (
                "optional": (False,), "quantization_config": (None,), "lora_rank": (None, 0),
                "lora_alpha": _ANY, "input_length": _ANY, "use_cudnn": _ANY,
                "data_format": ("channels_last", None)}
-_WEIGHT_SUBPATHS = {"LSTM": ("cell",), "Bidirectional": ("forward_layer/cell",
-                                                         "backward_layer/cell")}
+_WEIGHT_SUBPATHS = {"LSTM": ("cell",), "GRU": ("cell",), "SimpleRNN": ("cell",),
+                    "Bidirectional": ("forward_layer/cell", "backward_layer/cell")}
 
 
 def snake_case(name: str) -> str:
