@@ -11,17 +11,39 @@ import numpy as np
 
 
 def _spans_processes(array) -> bool:
-    return isinstance(array, jax.Array) and not array.is_fully_addressable and \
-        not array.is_fully_replicated
+    """Whether some process cannot read ``array`` whole by itself (decided from the
+    sharding alone, so every process decides alike)."""
+    if not isinstance(array, jax.Array) or jax.process_count() == 1:
+        return False
+    holders = {d.process_index for d in array.sharding.device_set}
+    return not (array.is_fully_replicated and len(holders) == jax.process_count())
 
 
 def fetch(array) -> np.ndarray:
-    """The whole value of ``array`` as numpy, on every process (gathered where it spans
-    processes)."""
+    """The whole value of ``array`` as numpy, on every process (each shard some process
+    lacks is broadcast by the lowest process that holds it)."""
     if not _spans_processes(array):
-        return np.asarray(array)
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+        return np.asarray(array.addressable_data(0) if isinstance(array, jax.Array)
+                          and not array.is_fully_addressable else array)
+    dtype = np.dtype(array.dtype)
+    out = np.empty(array.shape, dtype)
+    local = {_bounds(s.index, array.shape): s.data for s in array.addressable_shards}
+    for key, (index, processes) in sorted(_owners(array).items()):
+        if len(processes) == jax.process_count():
+            out[index] = np.asarray(local[key])
+        else:
+            out[index] = _send_to_all(local.get(key), min(processes),
+                                      tuple(b - a for a, b in key), dtype)
+    return out
+
+
+def _owners(array) -> dict:
+    """Shard bounds -> (its index, the processes holding it)."""
+    owners: dict = {}
+    for device, index in array.sharding.devices_indices_map(array.shape).items():
+        owners.setdefault(_bounds(index, array.shape), (index, set()))[1].add(
+            device.process_index)
+    return owners
 
 
 def _bounds(index, shape) -> tuple:
@@ -37,11 +59,8 @@ def fetch_to_chief(array) -> np.ndarray | None:
     """
     chief = jax.process_index() == 0
     if not _spans_processes(array):
-        return np.asarray(array) if chief else None
-    owners: dict = {}
-    for device, index in array.sharding.devices_indices_map(array.shape).items():
-        key = _bounds(index, array.shape)
-        owners.setdefault(key, (index, set()))[1].add(device.process_index)
+        return fetch(array) if chief else None
+    owners = _owners(array)
     local = {_bounds(s.index, array.shape): s.data for s in array.addressable_shards}
     dtype = np.dtype(array.dtype)
     out = np.empty(array.shape, dtype) if chief else None

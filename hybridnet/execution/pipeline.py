@@ -14,8 +14,9 @@ the Plan's PartitionSpecs and batch axes say). Per stage there are:
 * on the last stage, one fused forward + loss + backward + metrics program;
 * one optimizer-apply program per step.
 
-Activations and cotangents move between stage sub-meshes with ``jax.device_put`` to the
-receiving stage's batch sharding. The host only enqueues work in the order of
+Activations and cotangents move between stage sub-meshes to the receiving stage's batch
+sharding (``jax.device_put`` in one process; across processes, one collective permute,
+``processes.transfer``: every process runs the same sequence of programs). The host only enqueues work in the order of
 :func:`schedule_events` (GPipe or 1F1B); it never waits on a device inside a step, so
 stages overlap on real hardware.
 
@@ -65,7 +66,8 @@ from jax.interpreters import partial_eval as pe
 from jax.sharding import NamedSharding, PartitionSpec
 
 from hybridnet import optimizers as optimizers_lib
-from hybridnet.execution.processes import check_plan_processes
+from hybridnet.execution.processes import (check_plan_processes, put_host,
+                                            to_every_process, transfer)
 from hybridnet.execution.state import TrainState
 from hybridnet.execution.steps import PackedMetrics, _as_list, _merge, _select
 from hybridnet.planner.plan import Plan
@@ -196,7 +198,7 @@ class PipelineExecutor:
         self._opt_cache = (None, None)  # (whole opt_state, its per-stage parts)
         self._output_specs = {n: lp.output_spec for n, lp in plan.layers.items()
                               if lp.output_spec is not None}
-        self._mb_index = [[jax.device_put(np.int32(j), st.replicated)
+        self._mb_index = [[put_host(np.int32(j), st.replicated)
                            for j in range(self.microbatches)] for st in self.stages]
         self._acc = None
         self._current_mb = 0
@@ -307,8 +309,16 @@ class PipelineExecutor:
     def place_variables(self, variables: dict) -> dict:
         """Moves existing arrays to their stages' shardings (no-op where already there)."""
         shardings = self.weight_shardings()
-        return jax.device_put(variables, {k: {w: shardings[k][w] for w in v}
-                                          for k, v in variables.items()})
+        return self._to(variables, {k: {w: shardings[k][w] for w in v}
+                                    for k, v in variables.items()})
+
+    def _to(self, tree, shardings):
+        """``jax.device_put(tree, shardings)`` between stage meshes, on any number of
+        processes (``processes.transfer``)."""
+        meshes = [st.mesh for st in self.stages]
+        if isinstance(shardings, NamedSharding):
+            return jax.tree_util.tree_map(lambda a: transfer(a, shardings, meshes), tree)
+        return jax.tree_util.tree_map(lambda a, sh: transfer(a, sh, meshes), tree, shardings)
 
     def _stage_opt_sharding(self, st: _Stage, params_s):
         shapes = jax.eval_shape(self.tx.init, params_s)
@@ -362,7 +372,7 @@ class PipelineExecutor:
             return self._opt_cache[1]
         _, stages, _ = self._layout(params)
         leaves = jax.tree_util.tree_leaves(opt_state)
-        return [jax.tree_util.tree_unflatten(stage_def, jax.device_put(
+        return [jax.tree_util.tree_unflatten(stage_def, self._to(
                     [leaves[i] for i in idx], shardings))
                 for stage_def, idx, shardings in stages]
 
@@ -387,14 +397,14 @@ class PipelineExecutor:
             opt_state = self._merge_opt(parts, params)
         else:
             self._layout(params)
-            opt_state = jax.device_put(opt_state, self.opt_sharding)
+            opt_state = self._to(opt_state, self.opt_sharding)
         return TrainState.create(
             params, state, opt_state, self.init_metrics() if self.metrics is not None else None,
             step, rng, sharding=self.replicated)
 
     def set_learning_rate(self, ts: TrainState, value: float) -> TrainState:
         """The state with every stage's injected learning rate set to ``value``."""
-        return ts.replace(opt_state=jax.device_put(
+        return ts.replace(opt_state=self._to(
             optimizers_lib.set_learning_rate(ts.opt_state, value), self.opt_sharding))
 
     def put_batch(self, batch, batch_size: int, steps: int = 1):
@@ -403,13 +413,13 @@ class PipelineExecutor:
         return batch
 
     def init_metrics(self):
-        return jax.device_put(self._packed.initial, self.replicated)
+        return self._to(self._packed.initial, self.replicated)
 
     def results(self, mstate) -> dict:
         fn = self._compiled.get("results")
         if fn is None:
             fn = self._compiled["results"] = jax.jit(self._packed.results)
-        return fn(mstate)
+        return jax.tree_util.tree_map(to_every_process, fn(mstate))
 
     # --------------------------------------------------------------- stage programs
     def _constrain(self, st: _Stage):
@@ -602,12 +612,11 @@ class PipelineExecutor:
     def _send(self, values, masks, s: int, n: int):
         """Puts stage outputs (or cotangents) onto stage ``s``'s batch sharding."""
         st = self.stages[s]
-        values = jax.device_put(list(values), [st.value_sharding(self.plan, v, n)
-                                               for v in values])
+        values = self._to(list(values), [st.value_sharding(self.plan, v, n) for v in values])
         if masks is None:
             return values
-        masks = jax.device_put(dict(masks), {i: st.value_sharding(self.plan, v, n)
-                                             for i, v in masks.items()})
+        masks = self._to(dict(masks), {i: st.value_sharding(self.plan, v, n)
+                                       for i, v in masks.items()})
         return values, masks
 
     def _split_batch(self, arrays, m: int):
@@ -637,7 +646,7 @@ class PipelineExecutor:
         """Microbatch ``j`` of each split array, on stage ``st``'s batch sharding."""
         if pieces is None:
             return None
-        return [None if p is None else jax.device_put(
+        return [None if p is None else self._to(
             p[j], st.batch_sharding(self.plan, p[j].shape[0])) for p in pieces]
 
     def _microbatches(self, batch_size: int, what: str) -> int:
@@ -652,7 +661,7 @@ class PipelineExecutor:
         """The microbatch count as a float32 scalar on the last stage (cached)."""
         key = ("scale", m)
         if key not in self._compiled:
-            self._compiled[key] = jax.device_put(np.float32(m), self.stages[-1].replicated)
+            self._compiled[key] = put_host(np.float32(m), self.stages[-1].replicated)
         return self._compiled[key]
 
     def _divisors(self, ts, xs, y, sw, m: int):
@@ -672,7 +681,7 @@ class PipelineExecutor:
             return None
         fn, used = self._compiled[key]
         sw = [None] * self.num_outputs if sw is None else sw
-        return fn(*jax.device_put(([xs[i] for i in used], y, sw), self.stages[-1].replicated))
+        return fn(*self._to(([xs[i] for i in used], y, sw), self.stages[-1].replicated))
 
     def _divisor_program(self, ts, xs):
         """``(jitted fn(used inputs, targets, sample weights) -> divisors, indices of the
@@ -725,7 +734,7 @@ class PipelineExecutor:
         divisors, scale = self._divisors(ts, xs, y, sw, m), self._scale(m)
         xs, ys, sws = (self._split_batch(a, m) for a in (xs, y, sw))
         key = self._program("key", p - 1)(ts.rng, ts.step)
-        keys = [key if s == p - 1 else jax.device_put(key, st.replicated)
+        keys = [key if s == p - 1 else self._to(key, st.replicated)
                 for s, st in enumerate(stages)]
         acc = self._take_acc(params)
         mstate = ts.metrics
@@ -780,10 +789,10 @@ class PipelineExecutor:
                                       [updates[s][j] for j in sorted(updates[s])])
         scale = [None] * p
         if self.global_clipnorm:
-            sq = [jax.device_put(self._program("norm", s)(a), last.replicated)
+            sq = [self._to(self._program("norm", s)(a), last.replicated)
                   for s, a in enumerate(acc)]
             total = self._program("scale", p - 1)(sq)
-            scale = [jax.device_put(total, st.replicated) for st in stages]
+            scale = [self._to(total, st.replicated) for st in stages]
         new_step = None
         for s in range(p):
             t0 = time.perf_counter()

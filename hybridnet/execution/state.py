@@ -43,6 +43,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -65,11 +66,15 @@ class TrainState:
     def create(cls, params, state, opt_state, metrics, step=0, rng=None, *, sharding):
         """A new state with ``step`` (int32) and ``rng`` (default ``PRNGKey(0)``) put on
         ``sharding`` (the runner's replicated sharding)."""
-        import jax.numpy as jnp
+        from hybridnet.execution.processes import put_host
+
+        def put(value):
+            if isinstance(value, jax.Array) and not value.is_fully_addressable:
+                return jax.device_put(value, sharding)
+            return put_host(np.asarray(value), sharding)
         return cls(params=params, state=state, opt_state=opt_state, metrics=metrics,
-                   step=jax.device_put(jnp.asarray(step, jnp.int32), sharding),
-                   rng=jax.device_put(jax.random.PRNGKey(0) if rng is None else rng,
-                                      sharding))
+                   step=put(np.asarray(step, np.int32)),
+                   rng=put(jax.random.PRNGKey(0) if rng is None else rng))
 
     def replace(self, **changes) -> "TrainState":
         return dataclasses.replace(self, **changes)

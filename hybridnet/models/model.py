@@ -24,6 +24,7 @@ from hybridnet import utils
 from hybridnet.execution import Executor, TrainState, split_trainable
 from hybridnet.layers.base import Input, InputLayer, Layer, _is_symbolic
 from hybridnet.variables import current_scope
+from hybridnet.distributed.arrays import fetch
 from hybridnet.models.graph import Graph
 from hybridnet.planner.cost import format_bytes
 from hybridnet.training.compile_utils import LossContainer, MetricsContainer
@@ -294,7 +295,7 @@ class Model(Layer):
         ts = self._state
         if ts is None:
             previous, self._saved_state = self._saved_state, None
-            step = 0 if previous is None else int(previous.step)
+            step = 0 if previous is None else int(fetch(previous.step))
             opt_state, self._restored_opt_state = self._restored_opt_state, None
             if self._tx is None:
                 opt_state = None
@@ -350,7 +351,7 @@ class Model(Layer):
         """Training steps run so far (Keras' ``optimizer.iterations``)."""
         if self._state is None and self._saved_state is None:
             return 0
-        return int(self._current_state().step)
+        return int(fetch(self._current_state().step))  # collective if on another process
 
     @property
     def _train_step_count(self) -> int:
