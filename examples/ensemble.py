@@ -7,6 +7,14 @@ progress bar shows each member and the members' mean; evaluation adds the soft a
 hard votes. Members that stop improving stop early, the others go on.
 
     python examples/ensemble.py --share local --members 4 --stacked [--devices 8]
+
+Across MPI ranks (each rank its own JAX process; batches prepared once and shared):
+
+    mpirun -n 4 python examples/ensemble.py --share all_gather
+    mpirun -n 4 python examples/ensemble.py --share broadcast --preprocess-only 0 --members 3
+    mpirun -n 4 python examples/ensemble.py --share multi_broadcast --groups 0,1/2,3
+
+(as root add ``--allow-run-as-root``; with more ranks than cores ``--oversubscribe``).
 """
 from __future__ import annotations
 
@@ -39,6 +47,43 @@ def build_member():
     return model
 
 
+def make_share(args):
+    """The share mode the command line asks for ("local", or an MPI mode configured with
+    ``--preprocess-only`` / ``--groups`` / ``--root``)."""
+    if args.share == "local":
+        return "local"
+    from hybridnet.ensemble import mpi_share
+    kw = {"preprocess_only": [int(r) for r in args.preprocess_only.split(",") if r]}
+    if args.share == "all_gather":
+        return mpi_share.AllGather(**kw)
+    if args.share == "broadcast":
+        return mpi_share.Broadcast(root=args.root, **kw)
+    if args.share == "multi_broadcast":
+        groups = None if args.groups is None else [
+            [int(r) for r in g.split(",")] for g in args.groups.split("/")]
+        return mpi_share.MultiBroadcast(groups=groups, **kw)
+    return args.share  # let Ensemble name the choices
+
+
+def soft_vote_over_ranks(ens, x_test, y_test) -> float | None:
+    """The soft vote of all members, on every rank's members: each rank sums its members'
+    probabilities, a buffer Reduce adds them up on rank 0 (None elsewhere)."""
+    import numpy as np
+    from mpi4py import MPI
+    from hybridnet.ensemble.ensemble import _probabilities
+
+    total = np.zeros((len(x_test), 10), np.float64)
+    if ens.members:
+        pred = ens.predict(x_test, verbose=0)
+        for model, out in zip(ens.members, pred.members):
+            total += _probabilities(model, out)
+    summed = np.zeros_like(total)
+    MPI.COMM_WORLD.Reduce(total, summed, op=MPI.SUM, root=0)
+    if MPI.COMM_WORLD.Get_rank() != 0:
+        return None
+    return float(np.mean(summed.argmax(-1) == y_test))
+
+
 def main(argv=None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=4)
@@ -47,6 +92,12 @@ def main(argv=None) -> float:
     parser.add_argument("--share", default="local",
                         help="how batches reach the members: local (one process) or, "
                              "under mpirun, all_gather / broadcast / multi_broadcast")
+    parser.add_argument("--preprocess-only", default="",
+                        help="MPI ranks that only prepare batches, e.g. 0 or 0,2")
+    parser.add_argument("--groups", default=None,
+                        help="multi_broadcast groups, e.g. 0,1/2,3 (first rank of each "
+                             "group prepares its batches; default pairs)")
+    parser.add_argument("--root", type=int, default=0, help="broadcast's preparing rank")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--devices", type=int, default=None,
@@ -63,24 +114,31 @@ def main(argv=None) -> float:
 
     x_train, x_test, y_train, y_test = load_digits_data(args.seed)
     rates = [1e-3 * 2 ** (i % 4) for i in range(args.members)]
-    if args.stacked:
-        ens = Ensemble(build_member, n=args.members, seed=args.seed, learning_rate=rates,
-                       share=args.share)
-    else:
-        import hybridnet
-        members = []
-        for i in range(args.members):
-            hybridnet.utils.set_random_seed(args.seed + i)
-            members.append(build_member())
-        ens = Ensemble(members, learning_rate=rates, share=args.share)
-    print(ens)
+    share = make_share(args)
+    # Under mpirun every rank runs this; each builds only its own members (member i is
+    # seeded seed + i wherever it lives), a preprocess-only rank none.
+    ens = Ensemble(build_member, n=args.members, seed=args.seed, learning_rate=rates,
+                   share=share, stacked=args.stacked)
+    mpi = args.share != "local"
+    talks = not mpi or (ens.members and ens.share.rank == ens.share.layout.trainers[0])
+    where = f"rank {ens.share.rank}: " if mpi else ""
+    print(f"{where}{ens}: members {ens.member_ids}")
     ens.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs,
-            validation_split=0.1, verbose=args.verbose,
+            validation_split=0.1, verbose=args.verbose if talks else 0,
             callbacks=[EarlyStopping("val_loss", patience=3, restore_best_weights=True)])
-    logs = ens.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
-    for i in range(args.members):
-        print(f"member {i} (lr {rates[i]:g}): test accuracy "
-              f"{logs[f'member{i}_accuracy']:.4f}, {ens[i].iterations} steps")
+    if ens.members:
+        logs = ens.evaluate(x_test, y_test, batch_size=args.batch_size, verbose=0)
+        single = len(ens.members) == 1
+        for i, model in zip(ens.member_ids, ens.members):
+            acc = logs["accuracy" if single else f"member{i}_accuracy"]
+            print(f"{where}member {i} (lr {rates[i]:g}): test accuracy {acc:.4f}, "
+                  f"{model.iterations} steps")
+    if mpi:
+        vote = soft_vote_over_ranks(ens, x_test, y_test)
+        if vote is None:
+            return 1.0
+        print(f"soft vote of all {args.members} members: {vote:.4f} on {len(x_test)} images")
+        return vote
     print(f"soft vote: {logs['soft_vote_accuracy']:.4f}, hard vote: "
           f"{logs['hard_vote_accuracy']:.4f} on {len(x_test)} images")
     if args.save:

@@ -123,6 +123,9 @@ def is_chief() -> bool:
 
 
 def __getattr__(name):
+    if name == "mpi":  # MPI communicators and process groups (mpi4py, mpi4jax), on use
+        import importlib
+        return importlib.import_module("hybridnet.distributed.mpi")
     if name in ("barrier", "fetch", "fetch_to_chief"):  # imported lazily: they need jax
         from hybridnet.distributed import arrays
         return getattr(arrays, name)

@@ -8,12 +8,18 @@ Example:
     >>> ens = Ensemble(build_model, n=4, learning_rate=[1e-3, 2e-3, 5e-3, 1e-2], seed=0)
     >>> ens.fit(x, y, batch_size=64, epochs=5)
     >>> ens.predict(x_test).soft.argmax(-1)
+
+Across MPI ranks (``mpirun -n 4 python train.py``), batches prepared once and shared:
+
+    >>> ens = Ensemble(build_model, n=4, seed=0, share="all_gather")   # or Broadcast(...)
 """
-from hybridnet.ensemble import share, votes
+from hybridnet.ensemble import mpi_share, share, votes
 from hybridnet.ensemble.ensemble import Ensemble, Predictions, load
+from hybridnet.ensemble.mpi_share import AllGather, Broadcast, MultiBroadcast
 from hybridnet.ensemble.share import Local, ShareMode, register_share_mode
 from hybridnet.ensemble.stacked import StackedGroup, StackedRunner
 from hybridnet.ensemble.votes import hard_vote, soft_vote
 
-__all__ = ["Ensemble", "Local", "Predictions", "ShareMode", "StackedGroup", "StackedRunner",
-           "hard_vote", "load", "register_share_mode", "share", "soft_vote", "votes"]
+__all__ = ["AllGather", "Broadcast", "Ensemble", "Local", "MultiBroadcast", "Predictions",
+           "ShareMode", "StackedGroup", "StackedRunner", "hard_vote", "load", "mpi_share",
+           "register_share_mode", "share", "soft_vote", "votes"]

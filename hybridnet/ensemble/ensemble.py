@@ -28,6 +28,7 @@ import numpy as np
 from hybridnet import utils
 from hybridnet.ensemble import share as share_lib
 from hybridnet.ensemble import votes
+from hybridnet.ensemble.mpi_share import MPIShareMode
 from hybridnet.ensemble.stacked import StackedGroup
 from hybridnet.training.callbacks import Callback
 from hybridnet.training.trainer import Trainer
@@ -63,8 +64,12 @@ class Ensemble:
         n: how many members to build with ``members()``.
         share: how the batches reach the members: "local" (one process: every member
             reads this process's batches) or a share mode across MPI ranks
-            ("all_gather", "broadcast", "multi_broadcast"; see
-            ``hybridnet.ensemble.share``).
+            ("all_gather", "broadcast", "multi_broadcast", or a configured
+            ``hybridnet.ensemble.mpi_share`` mode). Under an MPI mode every rank makes
+            the same calls; a building function gives each training rank its members
+            (member ``i`` on the ``i % T``-th of ``T`` training ranks, seeded
+            ``seed + i``, ``seed`` defaulting to 0), a list is this rank's members, and a
+            preprocess-only rank holds none (``Ensemble([], share=mode)``).
         stacked: run the members as one vmapped program over a stacked TrainState
             (default: True for a building function, False for a list). Stacked members
             must share architecture and optimizer; learning rates may differ.
@@ -81,8 +86,13 @@ class Ensemble:
     def __init__(self, members, n: int | None = None, *, share="local",
                  stacked: bool | None = None, learning_rate=None, seed: int | None = None,
                  name: str = "ensemble"):
+        self.share = share_lib.get(share)
+        self._mpi = isinstance(self.share, MPIShareMode)
+        if self._mpi:
+            self.share.setup()  # collective: every rank constructs its Ensemble in turn
         if isinstance(members, (list, tuple)):
             models = list(members)
+            ids, total = list(range(len(models))), len(models)
             if n is not None and n != len(models):
                 raise ValueError(f"Ensemble: `n` must match the {len(models)} members "
                                  f"given (or be None). Received: n={n!r}")
@@ -95,8 +105,12 @@ class Ensemble:
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError("Ensemble: with a model-building function, `n` must be a "
                                  f"positive int. Received: n={n!r}")
+            ids, total = list(range(n)), n
+            if self._mpi:
+                ids = self.share.member_indices(n)
+                seed = 0 if seed is None else seed
             models = []
-            for i in range(n):
+            for i in ids:
                 if seed is not None:
                     utils.set_random_seed(seed + i)
                 models.append(members())
@@ -104,7 +118,9 @@ class Ensemble:
         else:
             raise ValueError("Ensemble: `members` must be a list of compiled models or a "
                              f"function that builds one. Received: members={members!r}")
-        if not models:
+        if self._mpi:
+            self._check_role(models)
+        elif not models:
             raise ValueError("Ensemble: `members` must hold at least one model. "
                              "Received: []")
         for i, model in enumerate(models):
@@ -118,12 +134,12 @@ class Ensemble:
                 raise ValueError(f"Ensemble: member {i} ('{model.name}') is given twice; "
                                  f"each member must be its own model.")
         self.members = models
+        self.member_ids = ids
         self.name = name
-        self.share = share_lib.get(share)
-        self._set_learning_rates(learning_rate)
+        self._set_learning_rates(learning_rate, total)
         self._check_inputs()
         self.stacked = bool(stacked)
-        self._group = StackedGroup(models) if self.stacked else None
+        self._group = StackedGroup(models) if self.stacked and models else None
 
     # ---------------------------------------------------------------- members
     def __len__(self) -> int:
@@ -150,16 +166,29 @@ class Ensemble:
         for m, w in zip(self.members, weights):
             m.set_weights(w)
 
-    def _set_learning_rates(self, learning_rate):
+    def _check_role(self, models):
+        """Under an MPI share mode: members exactly on the ranks that train."""
+        mode = self.share
+        if mode.trains and not models:
+            raise ValueError(f"Ensemble: rank {mode.rank} trains under share="
+                             f"{mode.name!r} (training ranks {mode.layout.trainers}) and "
+                             f"was given no members; give it members, or list it in "
+                             f"`preprocess_only`. Received: members=[]")
+        if not mode.trains and models:
+            raise ValueError(f"Ensemble: rank {mode.rank} only preprocesses under share="
+                             f"{mode.name!r} (preprocess_only={list(mode.preprocess_only)})"
+                             f" and holds no members. Received: {len(models)} members")
+
+    def _set_learning_rates(self, learning_rate, total):
         if learning_rate is None:
             return
         rates = list(learning_rate) if isinstance(learning_rate, (list, tuple, np.ndarray)) \
-            else [learning_rate] * len(self.members)
-        if len(rates) != len(self.members):
+            else [learning_rate] * total
+        if len(rates) != total:
             raise ValueError(f"Ensemble: `learning_rate` must hold one value per member "
-                             f"({len(self.members)}). Received: {len(rates)} values")
-        for model, rate in zip(self.members, rates):
-            model.optimizer.learning_rate = float(rate)
+                             f"({total}). Received: {len(rates)} values")
+        for model, i in zip(self.members, self.member_ids):
+            model.optimizer.learning_rate = float(rates[i])
 
     def _check_inputs(self):
         """Members that already know their inputs must agree with member 0."""
@@ -178,17 +207,21 @@ class Ensemble:
                     f"fit member {i0} ('{ref.name}'): expected shape "
                     f"{[format_shape((None,) + s) for s in expected]}")
 
-    def _trainer(self) -> Trainer:
+    def _trainer(self, shared: bool = True) -> Trainer:
+        """The Trainer over the members; ``shared=False`` reads the data locally (MPI
+        modes share fit's batches only)."""
         items = [self._group] if self.stacked else self.members
-        return Trainer(items, share=self.share, owner=self, merge_logs=self._merge_logs)
+        share = self.share if shared or not self._mpi else None
+        return Trainer(items, share=share, owner=self, merge_logs=self._merge_logs)
 
     def _merge_logs(self, logs: list) -> dict:
-        """``mean_<metric>`` over the members, then ``member<i>_<metric>``."""
+        """``mean_<metric>`` over the members, then ``member<i>_<metric>`` (``i`` the
+        member's index in the whole ensemble, under MPI too)."""
         out = {}
         shared = [k for k in logs[0] if all(k in other for other in logs)]
         for key in shared:
             out[f"mean_{key}"] = float(np.mean([other[key] for other in logs]))
-        for i, member_logs in enumerate(logs):
+        for i, member_logs in zip(self.member_ids, logs):
             out.update({f"member{i}_{k}": v for k, v in member_logs.items()})
         return out
 
@@ -196,7 +229,7 @@ class Ensemble:
         if callbacks is None:
             return None
         if callable(callbacks) and not isinstance(callbacks, (list, tuple)):
-            return [list(callbacks(i) or []) for i in range(len(self.members))]
+            return [list(callbacks(i) or []) for i in self.member_ids]
         callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
@@ -214,22 +247,76 @@ class Ensemble:
         Args:
             callbacks: callbacks run per member on that member's logs (``loss``,
                 ``val_loss``, ...): a list, copied for each member, or a function
-                ``i -> list`` for member ``i``. An ``EarlyStopping`` stops its member;
-                the others go on.
+                ``i -> list`` for member ``i`` (its index in the whole ensemble). An
+                ``EarlyStopping`` stops its member; the others go on.
             ensemble_callbacks: callbacks run once on the ensemble's logs
                 (``mean_loss``, ``member0_loss``, ...) with ``model`` the ensemble;
                 setting ``stop_training`` there stops every member.
         Returns:
             A ``History`` of the ensemble's logs (a stopped member keeps its last values).
         """
-        return self._trainer().fit(
-            x, y, batch_size=batch_size, epochs=epochs, verbose=verbose,
-            callbacks=ensemble_callbacks, validation_split=validation_split,
-            validation_data=validation_data, shuffle=shuffle, class_weight=class_weight,
-            sample_weight=sample_weight, initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
-            validation_batch_size=validation_batch_size, validation_freq=validation_freq,
-            member_callbacks=self._member_callbacks(callbacks))
+        kwargs = dict(batch_size=batch_size, epochs=epochs, verbose=verbose,
+                      validation_split=validation_split, validation_data=validation_data,
+                      shuffle=shuffle, class_weight=class_weight, sample_weight=sample_weight,
+                      initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                      validation_steps=validation_steps,
+                      validation_batch_size=validation_batch_size,
+                      validation_freq=validation_freq)
+        if not self._mpi:
+            return self._trainer().fit(x, y, callbacks=ensemble_callbacks,
+                                       member_callbacks=self._member_callbacks(callbacks),
+                                       **kwargs)
+        return self._fit_mpi(x, y, ensemble_callbacks, self._member_callbacks(callbacks),
+                             kwargs)
+
+    def _fit_mpi(self, x, y, ensemble_callbacks, member_callbacks, kw):
+        """fit under an MPI share mode: the same epochs and data passes on every rank; a
+        rank with no members left training (or none at all) keeps preparing or receiving
+        batches until every rank is done."""
+        from hybridnet.training.callbacks import History
+        mode = self.share
+        mode._recording = streams = []
+        try:
+            if self.members:
+                sync = _EpochSync(mode, kw["initial_epoch"])
+                history = self._trainer().fit(
+                    x, y, callbacks=list(ensemble_callbacks or []) + [sync],
+                    member_callbacks=member_callbacks, **kw)
+                start, done = sync.next_epoch, sync.all_done
+            else:
+                history = History()
+                self._open_streams(x, y, kw)
+                start, done = kw["initial_epoch"], False
+            if not done and start < kw["epochs"]:
+                split = bool(kw["validation_split"])
+                train = streams[1] if split else streams[0]
+                val = streams[-1] if split or kw["validation_data"] is not None else None
+                mode.feed(train, val, range(start, kw["epochs"]), kw["validation_freq"])
+        finally:
+            mode._recording = None
+            mode.last_streams = streams
+        return history
+
+    def _open_streams(self, x, y, kw):
+        """The data adapters ``Trainer.fit`` would open, wrapped by the share mode (a
+        preprocess-only rank prepares the same batches)."""
+        from hybridnet.data import get_data_adapter
+        data = self.share.wrap(get_data_adapter(
+            x, y, kw["sample_weight"], batch_size=kw["batch_size"],
+            steps_per_epoch=kw["steps_per_epoch"], shuffle=kw["shuffle"],
+            class_weight=kw["class_weight"], what="fit"))
+        if kw["validation_split"]:
+            data.split(kw["validation_split"], validation_batch_size=kw[
+                "validation_batch_size"], validation_steps=kw["validation_steps"])
+        vd = kw["validation_data"]
+        if vd is not None:
+            args = (vd[0], vd[1], vd[2] if len(vd) == 3 else None) if isinstance(
+                vd, tuple) and len(vd) in (2, 3) and not isinstance(vd[0], tuple) else (
+                vd, None, None)
+            self.share.wrap(get_data_adapter(
+                *args, batch_size=kw["validation_batch_size"] or kw["batch_size"],
+                steps_per_epoch=kw["validation_steps"], shuffle=False,
+                what="fit(validation_data)"))
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None) -> dict:
@@ -240,7 +327,9 @@ class Ensemble:
             ``{"mean_loss", ..., "member0_loss", ..., "soft_vote_accuracy",
             "hard_vote_accuracy"}``.
         """
-        logs = self._trainer().evaluate(x, y, batch_size=batch_size, verbose=0,
+        if not self.members:  # a preprocess-only rank
+            return {}
+        logs = self._trainer(shared=False).evaluate(x, y, batch_size=batch_size, verbose=0,
                                         sample_weight=sample_weight, steps=steps,
                                         callbacks=callbacks, return_dict=True)
         if y is not None and hasattr(y, "__len__") and not isinstance(y, (dict, list)):
@@ -260,7 +349,9 @@ class Ensemble:
         """Each member's predictions and, for single-output members, the soft vote
         (mean probabilities; logits are turned into probabilities first) and the hard
         vote (majority class)."""
-        outputs = self._trainer().predict(x, batch_size=batch_size, verbose=verbose,
+        if not self.members:  # a preprocess-only rank
+            return Predictions([], None, None)
+        outputs = self._trainer(shared=False).predict(x, batch_size=batch_size, verbose=verbose,
                                           steps=steps, callbacks=callbacks)
         outputs = outputs if len(self.members) > 1 else [outputs]
         if any(len(m.outputs) != 1 for m in self.members):
@@ -317,6 +408,20 @@ class Ensemble:
         kind = "stacked" if self.stacked else "list"
         return (f"<Ensemble {self.name!r}: {len(self.members)} members ({kind}), "
                 f"share={self.share.name!r}>")
+
+
+class _EpochSync(Callback):
+    """Under an MPI share mode, at every epoch's end: whether every rank's members have
+    all stopped (a collective exchange; every rank takes part in every epoch)."""
+
+    def __init__(self, mode, initial_epoch: int):
+        super().__init__()
+        self.mode, self.next_epoch, self.all_done = mode, initial_epoch, False
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = all(m.stop_training for m in self.model.members)
+        self.all_done = self.mode.all_done(done)
+        self.next_epoch = epoch + 1
 
 
 def _probabilities(model, output) -> np.ndarray:

@@ -4,9 +4,9 @@ A share mode turns the local batch stream (a ``hybridnet.data`` adapter) into th
 batches the members of this process train on: ``mode.wrap(adapter) -> adapter``. In
 one process every member reads the same stream, so ``"local"`` is the identity. Modes
 that share preprocessed batches between MPI ranks (``"all_gather"``, ``"broadcast"``,
-``"multi_broadcast"``) set ``requires = "mpi"`` and are registered by name with
-:func:`register_share_mode`; :func:`get` refuses them in a process not started under
-MPI.
+``"multi_broadcast"``, in ``hybridnet.ensemble.mpi_share``) set ``requires = "mpi"``
+and are registered by name (others with :func:`register_share_mode`); :func:`get`
+refuses them in a process not started under MPI.
 
 Example:
     >>> share = hybridnet.ensemble.share.get("local")
@@ -51,7 +51,17 @@ class Local(ShareMode):
         return adapter
 
 
-_REGISTRY: dict[str, Callable[[], ShareMode]] = {"local": Local}
+def _mpi_mode(name: str) -> Callable[[], ShareMode]:
+    """A factory of the built-in MPI mode ``name`` (imported when first used)."""
+    def factory():
+        from hybridnet.ensemble import mpi_share
+        return {"all_gather": mpi_share.AllGather, "broadcast": mpi_share.Broadcast,
+                "multi_broadcast": mpi_share.MultiBroadcast}[name]()
+    return factory
+
+
+_REGISTRY: dict[str, Callable[[], ShareMode]] = {
+    "local": Local, **{name: _mpi_mode(name) for name in MPI_MODES}}
 
 
 def register_share_mode(name: str, factory: Callable[[], ShareMode]) -> None:
@@ -92,18 +102,14 @@ def get(share) -> ShareMode:
         return _check_requirements(share)
     if isinstance(share, str):
         if share in _REGISTRY:
+            if share in MPI_MODES:  # refused before anything MPI is imported
+                _check_requirements(type("_Named", (ShareMode,), {
+                    "name": share, "requires": "mpi"})())
             mode = _REGISTRY[share]()
             if share in MPI_MODES and mode.requires is None:
                 mode.requires = "mpi"
             mode.name = share
             return _check_requirements(mode)
-        if share in MPI_MODES:
-            if not under_mpi():
-                _check_requirements(type("_Named", (ShareMode,), {
-                    "name": share, "requires": "mpi"})())
-            raise ValueError(f"Ensemble: no implementation of share={share!r} is registered "
-                             f"in this process; register one with "
-                             f"hybridnet.ensemble.register_share_mode({share!r}, factory).")
     known = sorted(set(_REGISTRY) | set(MPI_MODES))
     raise ValueError(f"Ensemble: `share` must be one of {known} or a ShareMode. "
                      f"Received: share={share!r}")
