@@ -25,6 +25,9 @@ import time
 import numpy as np
 import pytest
 
+import hybridnet
+import hybridnet.ensemble
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "ensemble_mpi_share.py")
 TIMEOUT_S = 240  # a guard against hangs on a loaded machine, not a speed check
@@ -136,6 +139,13 @@ def test_every_trainer_gets_the_batches_and_members_of_one_process(shared_runs, 
                                            err_msg=f"{mode}: member {i} on rank {rank}")
     # members dealt round-robin over the training ranks
     assert sorted(members) == list(range(len(trainers)))
+    # one saved ensemble holding every rank's members, loadable in one process
+    saved = hybridnet.ensemble.load(folder / "saved", share="local")
+    assert len(saved.members) == len(trainers)
+    for i, model in enumerate(saved.members):
+        alone = np.load(shared_runs / "ref" / f"member{i}.npz")
+        for got, k in zip(model.get_weights(), alone):
+            np.testing.assert_allclose(got, alone[k], rtol=1e-6, atol=1e-6)
     for rank in preprocess_only:
         got = _load(folder, rank)
         assert got["members"] == [] and got["batches"] == []

@@ -88,6 +88,7 @@ class Ensemble:
                  name: str = "ensemble"):
         self.share = share_lib.get(share)
         self._mpi = isinstance(self.share, MPIShareMode)
+        self._built_members = False
         if self._mpi:
             self.share.setup()  # collective: every rank constructs its Ensemble in turn
         if isinstance(members, (list, tuple)):
@@ -106,6 +107,7 @@ class Ensemble:
                 raise ValueError("Ensemble: with a model-building function, `n` must be a "
                                  f"positive int. Received: n={n!r}")
             ids, total = list(range(n)), n
+            self._built_members = True
             if self._mpi:
                 ids = self.share.member_indices(n)
                 seed = 0 if seed is None else seed
@@ -364,6 +366,9 @@ class Ensemble:
         """Writes every member (``member_<i>.hnet``: weights, optimizer state, compile
         arguments) and ``ensemble.json`` into the directory ``dirpath``.
 
+        Under an MPI share mode ``save`` is collective: every rank writes its own members
+        (named by their index in the whole ensemble) and rank 0 the index of all of them.
+
         Example:
             >>> ens.save("runs/ens"); ens2 = hybridnet.ensemble.load("runs/ens")
         """
@@ -372,10 +377,20 @@ class Ensemble:
         if os.path.exists(index) and not overwrite:
             raise FileExistsError(f"Ensemble.save: {index} exists. Received: overwrite=False")
         os.makedirs(dirpath, exist_ok=True)
-        files = []
-        for i, model in enumerate(self.members):
-            files.append(f"member_{i}.hnet")
-            model.save(os.path.join(dirpath, files[-1]), overwrite=True)
+        if self._mpi and not self._built_members:
+            rank = self.share.rank
+            files = [f"member_r{rank}_{i}.hnet" for i in range(len(self.members))]
+        else:
+            files = [f"member_{i}.hnet" for i in self.member_ids]
+        for model, file in zip(self.members, files):
+            model.save(os.path.join(dirpath, file), overwrite=True)
+        if self._mpi:
+            world = self.share.setup()._world
+            docs = world.channel.exchange({"files": files}, what="Ensemble.save")
+            if world.rank != 0:
+                return
+            files = [f for doc in docs for f in doc["files"]]
+            files.sort(key=lambda f: (len(f), f))
         config = {"format": FORMAT, "version": VERSION, "name": self.name,
                   "stacked": self.stacked, "share": self.share.name, "members": files}
         tmp = index + ".tmp"

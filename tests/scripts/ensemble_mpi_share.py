@@ -167,6 +167,7 @@ def run(out: str, args, x, y):
     ens.fit(pipeline, epochs=args.epochs, validation_data=(x_val, y[val]),
             validation_batch_size=BATCH, verbose=0,
             callbacks=lambda i: [StopAfterFirstEpoch()] if i == args.stop_member else [])
+    ens.save(os.path.join(out, "saved"))  # collective: each rank its members, rank 0 the index
     for i, model in zip(ens.member_ids, ens.members):
         np.savez(os.path.join(out, f"member{i}.npz"),
                  *[np.asarray(w) for w in model.get_weights()])
