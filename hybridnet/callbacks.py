@@ -1,5 +1,5 @@
 """Keras callbacks, importable as ``hybridnet.callbacks`` (like ``keras.callbacks``)."""
 from hybridnet.training.callbacks import (  # noqa: F401
-    Callback, CallbackList, CSVLogger, EarlyStopping, History, LambdaCallback, LazyLogs,
-    LearningRateScheduler, ModelCheckpoint, ProgbarLogger, ReduceLROnPlateau, TensorBoard,
-    TerminateOnNaN)
+    BackupAndRestore, Callback, CallbackList, CSVLogger, EarlyStopping, History,
+    LambdaCallback, LazyLogs, LearningRateScheduler, ModelCheckpoint, ProgbarLogger,
+    ReduceLROnPlateau, TensorBoard, TerminateOnNaN)

@@ -1,6 +1,6 @@
 """Keras callbacks: Callback, CallbackList, History, ProgbarLogger, EarlyStopping,
 ModelCheckpoint, CSVLogger, TerminateOnNaN, LearningRateScheduler, LambdaCallback,
-ReduceLROnPlateau, TensorBoard.
+ReduceLROnPlateau, TensorBoard, BackupAndRestore.
 
 Every hook gets ``logs`` as a dict. Per-batch logs are lazy: their values are fetched
 from the device only when a callback reads them, so callbacks that ignore batch logs
@@ -777,3 +777,149 @@ class TensorBoard(Callback):
         for writer in self._writers.values():
             writer.close()
         self._writers = {}
+
+
+def _rng_to_json(state):
+    """A NumPy bit generator's state with every int as a string (JSON keeps them whole)."""
+    if isinstance(state, dict):
+        return {k: _rng_to_json(v) for k, v in state.items()}
+    if isinstance(state, (int, np.integer)) and not isinstance(state, bool):
+        return f"int:{int(state)}"
+    return state
+
+
+def _rng_from_json(state):
+    if isinstance(state, dict):
+        return {k: _rng_from_json(v) for k, v in state.items()}
+    if isinstance(state, str) and state.startswith("int:"):
+        return int(state[4:])
+    return state
+
+
+class BackupAndRestore(Callback):
+    """Backs training up so that a run killed at any point, started again with the same
+    command, resumes where the last backup was taken, as Keras' ``BackupAndRestore``.
+
+    A backup is a checkpoint (``hybridnet.checkpoint``: sharded, asynchronous, atomic)
+    of the whole TrainState (weights, optimizer state, metric accumulators, step, RNG)
+    and of the position in the data: the epoch, the batches done in it and the shuffle
+    stream's state when it began. Resuming replays that epoch's shuffle and skips the
+    batches done, so with arrays (or any re-iterable source) the resumed run ends with
+    the parameters of an uninterrupted one. A one-shot generator cannot be replayed: it
+    resumes at the right epoch and step with whatever the generator yields next.
+
+    Every process must use the callback (each writes its own shards). The model must be
+    built before ``fit`` (as Keras requires). ``fit``'s ``initial_epoch`` is overridden
+    by a backup.
+
+    Args:
+        backup_dir: the directory of the backups (deleted at the end of training when
+            ``delete_checkpoint``).
+        save_freq: ``"epoch"`` (a backup after every epoch) or an int: a backup every
+            that many batches (one due on an epoch's last batch is taken at the epoch's
+            end); ``False`` takes none.
+        double_checkpoint: keep the last two backups instead of one.
+        delete_checkpoint: delete ``backup_dir`` when training ends normally.
+
+    Example:
+        >>> backup = BackupAndRestore("/tmp/backup", save_freq=100)
+        >>> model.fit(x, y, epochs=10, callbacks=[backup])   # rerun after a crash: resumes
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False,
+                 delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir or not isinstance(backup_dir, (str, os.PathLike)):
+            raise ValueError("BackupAndRestore: `backup_dir` must be a directory path. "
+                             f"Received: backup_dir={backup_dir!r}")
+        if save_freq is not False and save_freq != "epoch" and (
+                isinstance(save_freq, bool) or not isinstance(save_freq, int)
+                or save_freq < 1):
+            raise ValueError("BackupAndRestore: `save_freq` must be 'epoch', a positive "
+                             f"int or False. Received: save_freq={save_freq!r}")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.double_checkpoint = bool(double_checkpoint)
+        self.delete_checkpoint = bool(delete_checkpoint)
+        self._manager = None
+        self._epoch = 0
+        self._epoch_rng = None   # the shuffle stream's state when the epoch began
+        self._done = 0           # batches done in the running epoch
+        self._since_save = 0     # batches since the last backup (int save_freq)
+        self._pending = False    # a backup due on an epoch's last batch
+        self._resumed_at = 0
+
+    def _uses_batch_hooks(self) -> bool:
+        return isinstance(self.save_freq, int) and not isinstance(self.save_freq, bool)
+
+    def on_train_begin(self, logs=None):
+        from hybridnet.checkpoint import CheckpointManager
+        model = self.model
+        if not hasattr(type(model), "train_state"):
+            raise ValueError("BackupAndRestore: expected to back up one hybridnet Model. "
+                             f"Received: {type(model).__name__} (groups of models and "
+                             f"ensembles are not backed up yet)")
+        if not model.built:
+            raise ValueError("BackupAndRestore: the model must be built before you call "
+                             f"`fit()`. Model '{model.name}' is unbuilt: build it first "
+                             f"(call it on a batch of data, `build(input_shape)`, or "
+                             f"start it with an `Input`).")
+        self._manager = CheckpointManager(self.backup_dir,
+                                          max_to_keep=2 if self.double_checkpoint else 1)
+        self._since_save, self._pending, self._resumed_at = 0, False, 0
+        if self._manager.latest_step() is None:
+            return
+        metadata = self._manager.restore(model)
+        position = metadata.get("position")
+        if not isinstance(position, dict) or not {"epoch", "batch", "shuffle"} <= set(
+                position):
+            raise ValueError(f"BackupAndRestore: the backup in '{self._manager.directory}' "
+                             f"has no training position. Expected metadata 'position' "
+                             f"with epoch, batch and shuffle. Received: {metadata!r}")
+        model._shuffle_stream().bit_generator.state = _rng_from_json(position["shuffle"])
+        model._resume = (int(position["epoch"]), int(position["batch"]))
+        self._resumed_at = int(position["batch"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._epoch_rng = _rng_to_json(self.model._shuffle_stream().bit_generator.state)
+        self._done, self._resumed_at = self._resumed_at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._uses_batch_hooks():
+            return
+        self._since_save += batch + 1 - self._done
+        self._done = batch + 1
+        if self._since_save < self.save_freq:
+            return
+        steps = self.params.get("steps")
+        if steps is not None and self._done >= steps:
+            self._pending = True  # the epoch's end takes it, with the epoch's logs done
+        else:
+            self._save(self._epoch, self._done, self._epoch_rng)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch" or self._pending:
+            # the next epoch's shuffle is drawn from the stream's state now
+            self._save(epoch + 1, 0,
+                       _rng_to_json(self.model._shuffle_stream().bit_generator.state))
+
+    def _save(self, epoch, batch, shuffle):
+        self._manager.save(self.model, metadata={"position": {
+            "epoch": epoch, "batch": batch, "shuffle": shuffle}})
+        self._since_save, self._pending = 0, False
+
+    def on_train_end(self, logs=None):
+        from hybridnet import distributed
+        if self._manager is None:
+            return
+        self._manager.close()
+        directory, self._manager = self._manager.directory, None
+        if self.delete_checkpoint:
+            distributed.barrier("BackupAndRestore: saved")
+            if distributed.is_chief() and os.path.isdir(directory):
+                import shutil  # renamed first: a kill mid-delete leaves no partial backup
+                doomed = f"{directory}.deleting-{os.getpid()}"
+                os.replace(directory, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
+            distributed.barrier("BackupAndRestore: deleted")

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 import warnings
@@ -269,6 +270,17 @@ def _global_batches(source, members, what):
         yield (*runner.put_batch((xs, y, sw), n, k), n, k)
 
 
+def _resume_point(model, initial_epoch: int) -> tuple[int, int]:
+    """``(epoch, batches to skip in it)`` where fit starts: ``initial_epoch``, or where
+    a callback's ``on_train_begin`` restored the model (``model._resume``, set by
+    ``BackupAndRestore``)."""
+    resume = getattr(model, "_resume", None)
+    model._resume = None
+    if resume is None:
+        return initial_epoch, 0
+    return int(resume[0]), int(resume[1])
+
+
 class Trainer:
     """Runs Keras' loops for one model, or for a group of models on the same batches.
 
@@ -334,11 +346,15 @@ class Trainer:
             check_process_batch(runner.plan, runner.mesh, int(xs[0].shape[0]), what)
             model._check_batch_size(int(xs[0].shape[0]), what, last_batch=last_batch)
 
-    def _batches(self, adapter, rng, what, members, steps_per_execution=1, prefetch=False):
+    def _batches(self, adapter, rng, what, members, steps_per_execution=1, prefetch=False,
+                 skip=0):
         """Host batches -> (x, y, sw, batch size, steps) for the steps, k stacked per
         dispatch where ``steps_per_execution`` allows, put on the devices ahead. The
-        members get their runner and state once the first batch has built the models."""
+        members get their runner and state once the first batch has built the models.
+        The first ``skip`` batches are read and dropped (a resumed epoch)."""
         iterator = adapter.batches(rng)
+        if skip:
+            iterator = itertools.islice(iterator, skip, None)
         first = next(iterator, None)
         if first is None:
             return
@@ -422,11 +438,13 @@ class Trainer:
             m._terminated_on_nan = False
         rng = model._shuffle_stream()
         hooks.on_train_begin()
+        initial_epoch, skip = _resume_point(model, initial_epoch)
         epoch_logs: dict = {}
         with _InterruptGuard() as guard:
             for epoch in range(initial_epoch, epochs):
                 hooks.on_epoch_begin(epoch)
-                values = self._train_epoch(data, rng, hooks, guard)
+                values = self._train_epoch(data, rng, hooks, guard, skip)
+                skip = 0
                 if values is None:
                     if epoch == initial_epoch:
                         raise ValueError("fit: the dataset produced no batches. Received an "
@@ -463,20 +481,22 @@ class Trainer:
         return self._adapter(validation_data, None, None, batch_size, steps, False,
                              "fit(validation_data)")
 
-    def _train_epoch(self, data, rng, hooks, guard) -> list | None:
+    def _train_epoch(self, data, rng, hooks, guard, skip=0) -> list | None:
         """One epoch; returns each model's metric values (device arrays), or None when
-        the data gave no batch."""
+        the data gave no batch. A resumed epoch (``skip`` > 0) starts at batch ``skip``
+        and keeps the metric accumulators of the restored state."""
         members = self._members()
         batch_callbacks = hooks.batch_callbacks
         spe = self.model.steps_per_execution
-        step = 0
+        step = skip
         compiled = [{} for _ in members]
         training = members
         try:
-            for xb, yb, swb, n, k in self._batches(data, rng, "fit", members, spe, True):
-                if step == 0:
+            for xb, yb, swb, n, k in self._batches(data, rng, "fit", members, spe, True,
+                                                   skip):
+                if step == skip:
                     training = [m for m in members if m.active()]
-                    for member in training:
+                    for member in training if not skip else ():
                         member.reset_metrics()
                 if batch_callbacks:
                     hooks.on_train_batch_begin(step)
@@ -502,7 +522,7 @@ class Trainer:
             for member in members:
                 with guard.critical:
                     member.push()
-        if step == 0:
+        if step == skip:
             return None
         return self._values(members)
 
