@@ -15,10 +15,10 @@ from hybridnet.models import Model, Sequential, load_model
 from hybridnet.strategies import Shard
 from hybridnet.execution.state import TrainState
 from hybridnet.variables import Variable
-from hybridnet import callbacks, distributed, ensemble, models
+from hybridnet import applications, callbacks, checkpoint, distributed, ensemble, models
 
 __version__ = "0.1.0"
 __all__ = ["Input", "Layer", "Model", "Shard", "Sequential", "TrainState", "Variable",
-           "activations", "callbacks", "distributed", "ensemble", "initializers", "layers",
+           "activations", "applications", "callbacks", "checkpoint", "distributed", "ensemble", "initializers", "layers",
            "load_model", "losses", "metrics", "models", "ops", "optimizers", "random",
            "regularizers", "saving", "strategies", "utils"]

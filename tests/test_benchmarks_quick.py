@@ -36,6 +36,8 @@ QUICK = {
     "kernel_resources.py": ["--quick"],
     "tpu_compile.py": ["--quick"],
     "ensemble.py": ["--quick"],
+    "checkpoint.py": ["--quick"],
+    "gnmt.py": ["--quick"],
 }
 
 
@@ -232,3 +234,38 @@ def test_ensemble_quick(quick_runs):
         r["test_accuracy"]["separate"]["soft_vote"], abs=0.02)
     assert r["shared_input_cpu_per_sample"]["status"] in ("skipped", "measured")
     assert "stacked_vs_separate_n4" in stderr  # the table
+
+
+def test_checkpoint_quick(quick_runs):
+    r, stderr = run_json(quick_runs, "checkpoint.py")
+    assert r["benchmark"] == "checkpoint" and r["quick"] is True
+    assert r["config"]["every"] == 4 and r["config"]["orbax_checkpoint"]
+    assert set(r["step_s"]) == {"none", "async", "sync"}
+    for arm, seconds in r["step_s"].items():
+        assert finite(seconds, f"step_s {arm}") > 0
+    for key in ("async_overhead", "sync_overhead"):
+        finite(r[key], key)
+    for key in ("checkpoint_save_mb_per_s", "checkpoint_restore_mb_per_s",
+                "model_save_mb_per_s", "model_load_mb_per_s", "state_mb", "param_mb",
+                "async_save_blocked_s", "sync_save_blocked_s", "async_blocked_share",
+                "step_wait_before_save_s"):
+        assert finite(r[key], key) > 0
+    assert len(r["async_save_calls_s"]) == 2  # one save every 4 of 8 steps
+    assert r["state_mb"] > 2.9 * r["param_mb"]  # parameters and Adam's two moments
+    assert r["targets"]["async_overhead"]["applies"] is False
+    assert isinstance(r["targets"]["async_overhead"]["met"], bool)
+    assert "checkpoint restore" in stderr  # the table
+
+
+def test_gnmt_quick(quick_runs):
+    r, stderr = run_json(quick_runs, "gnmt.py")
+    assert r["benchmark"] == "gnmt" and r["quick"] is True
+    assert finite(r["gnmt_tokens_vs_keras"], "gnmt_tokens_vs_keras") > 0
+    assert isinstance(r["target_met"], bool)
+    for side in ("hybridnet", "keras"):
+        assert finite(r["tokens_per_s"][side], side) > 0
+    # the same model from the same weights on the same batches: the same loss
+    assert finite(r["loss_rel_diff"], "loss_rel_diff") < 1e-4
+    assert r["padding_fraction_bucketed"] < r["padding_fraction_naive"] < 1
+    assert r["shard_token_imbalance_balanced"] < r["shard_token_imbalance_naive"]
+    assert "gnmt_tokens_vs_keras" in stderr  # the table
