@@ -78,10 +78,16 @@ def launch(command: Sequence[str], num_processes: int, devices_per_process: int 
             codes = [p.poll() for p in procs]
             failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
             if failed:
+                # A peer's death makes the others fail within moments too: name every
+                # failure seen, a death by signal (the cause) first.
+                time.sleep(0.5)
+                later = [(r, p.poll()) for r, p in enumerate(procs)]
+                failed += [(r, c) for r, c in later
+                           if c not in (None, 0) and r not in dict(failed)]
+                failed.sort(key=lambda rc: rc[1] >= 0)
                 rank, status = failed[0]
-                reason = (f"signal {-status}" if status < 0 else f"exit status {status}")
-                out.write(f"hybridnet launch: process {rank} failed ({reason}); ending the "
-                          f"others.\n")
+                said = "; ".join(f"process {r} failed ({_reason(c)})" for r, c in failed)
+                out.write(f"hybridnet launch: {said}; ending the others.\n")
                 out.flush()
                 break
             if all(c == 0 for c in codes):
@@ -94,6 +100,10 @@ def launch(command: Sequence[str], num_processes: int, devices_per_process: int 
         for t in pumps:
             t.join(timeout=2)
     return 1 if status < 0 else status
+
+
+def _reason(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
 def _end(procs, grace_seconds: float) -> None:

@@ -69,7 +69,8 @@ class TrainState:
         from hybridnet.execution.processes import put_host
 
         def put(value):
-            if isinstance(value, jax.Array) and not value.is_fully_addressable:
+            if (jax.process_count() == 1 or isinstance(value, jax.core.Tracer)
+                    or isinstance(value, jax.Array) and not value.is_fully_addressable):
                 return jax.device_put(value, sharding)
             return put_host(np.asarray(value), sharding)
         return cls(params=params, state=state, opt_state=opt_state, metrics=metrics,
