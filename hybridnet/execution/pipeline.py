@@ -315,6 +315,8 @@ class PipelineExecutor:
     def _to(self, tree, shardings):
         """``jax.device_put(tree, shardings)`` between stage meshes, on any number of
         processes (``processes.transfer``)."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, shardings)  # one batched transfer per call
         meshes = [st.mesh for st in self.stages]
         if isinstance(shardings, NamedSharding):
             return jax.tree_util.tree_map(lambda a: transfer(a, shardings, meshes), tree)

@@ -173,12 +173,13 @@ def _shard_map():
 
 
 @functools.lru_cache(maxsize=None)
-def _identity(sharding):
+def _resharder(sharding):
     return jax.jit(lambda a: a, out_shardings=sharding)
 
 
 def _reshard(value, sharding):
-    return _identity(sharding)(value)
+    """``value`` with ``sharding`` on the same devices (a program every process runs)."""
+    return _resharder(sharding)(value)
 
 
 __all__ = ["batch_spans_processes", "check_plan_processes", "check_process_batch",
