@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections.abc
 import copy
+import functools
 import math
 import reprlib
 import warnings
@@ -190,7 +191,9 @@ def _taker(struct, gather: bool):
             return lambda index: [take(index) for take in takers]
         return lambda index: tuple(take(index) for take in takers)
     if gather:
-        return lambda index: np.take(struct, index, axis=0)
+        take = struct.take if isinstance(struct, np.ndarray) else functools.partial(
+            np.take, struct)
+        return lambda index: take(index, axis=0)
     return struct.__getitem__
 
 

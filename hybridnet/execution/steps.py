@@ -112,6 +112,9 @@ class Executor:
         """Moves existing arrays (layer -> weight -> array) to the Plan's shardings; arrays
         already there are returned as they are."""
         shardings = self.weight_shardings()
+        if all(isinstance(a, jax.Array) and a.sharding == shardings[k][w]
+               for k, v in variables.items() for w, a in v.items()):
+            return variables  # the common case at each fit: a device_put would cost more
         return jax.device_put(variables, {k: {w: shardings[k][w] for w in v}
                                           for k, v in variables.items()})
 
