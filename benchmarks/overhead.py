@@ -13,8 +13,8 @@ Each is trained for the same number of steps, side by side in one process, by
   loop over per-epoch shuffled numpy mini-batches (the same data work fit does);
 * ``keras``: Keras 3 ``fit`` on the JAX backend (the peer), default
   ``steps_per_execution`` and again with ``steps_per_execution=32``;
-* ``hybridnet``: ``Model.fit`` at its defaults (data parallel over all local devices) and
-  again with ``steps_per_execution=32``.
+* ``hybridnet``: ``Model.fit`` at its defaults on the peers' one device (data parallel
+  over ``jax.local_devices()[:1]``) and again with ``steps_per_execution=32``.
 
 All use Adam(1e-3, epsilon=1e-7), sparse categorical cross-entropy from logits, the same
 initialisers (Glorot-uniform kernels, zero biases) and track training accuracy on device.
@@ -182,7 +182,7 @@ class KerasFit:
 # ---------------------------------------------------------------------------- hybridnet
 class HybridnetFit:
     def __init__(self, kind: str, x, y, spe: int):
-        from hybridnet import Input, Sequential, losses, optimizers
+        from hybridnet import Input, Sequential, losses, optimizers, strategies
         from hybridnet.layers import Conv2D, Dense, Flatten
 
         if kind == "mlp":
@@ -192,7 +192,10 @@ class HybridnetFit:
                                 Conv2D(32, 3, activation="relu"), Flatten(), Dense(10)])
         model.compile(optimizer=optimizers.Adam(LEARNING_RATE, epsilon=EPSILON),
                       loss=losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], steps_per_execution=spe)
+                      metrics=["accuracy"], steps_per_execution=spe,
+                      # the peers' device: with several devices (simulated ones, say) the
+                      # comparison stays one device against one
+                      strategy=strategies.DataParallel(devices=jax.local_devices()[:1]))
         self.model, self.x, self.y = model, x, y
 
     def fit(self, epochs: int) -> float:
