@@ -753,3 +753,35 @@ def test_eager_dropout_in_training_draws_fresh_masks():
     np.testing.assert_array_equal(again[0], first)
     np.testing.assert_array_equal(again[1], second)
     np.testing.assert_array_equal(np.asarray(layers.Dropout(0.5)(x, training=False)), x)
+
+
+def test_cpu_multi_device_steps_never_overlap():
+    """On XLA:CPU with several devices, a step has run on every device when its compiled
+    function returns, for training, evaluation and prediction. Overlapping launches
+    deadlocked under CPU contention: `benchmarks/overhead.py --quick
+    --steps-per-execution 4` on 8 simulated devices beside another benchmark hung with
+    "only 7 of 8 arrived" in its first run; a device's launch of the next step had taken
+    its slot first."""
+    import jax
+
+    assert jax.device_count() == 8 and jax.devices()[0].platform == "cpu"
+    model = hybridnet.Sequential([hybridnet.Input((4,)), layers.Dense(8, activation="relu"),
+                                  layers.Dense(3)])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=2)
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    y = np.arange(64) % 3
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    runner = model._get_runner()
+    assert runner.mesh.devices.size == 8
+    ts = model._current_state()
+    for steps in (1, 2):
+        xs = x[:16] if steps == 1 else x[:32].reshape(2, 16, 4)
+        ys = y[:16] if steps == 1 else y[:32].reshape(2, 16)
+        ts = runner.train_fn(16, steps)(ts, [xs], ys, None)
+        assert all(a.is_ready() for a in jax.tree_util.tree_leaves(ts))
+    model._commit_state(ts)
+    mstate = runner.evaluate(ts, runner.init_metrics(), [x[:16]], y[:16], None, 16)
+    assert all(a.is_ready() for a in jax.tree_util.tree_leaves(mstate))
+    outputs = runner.predict(ts, [x[:16]], 16)
+    assert all(a.is_ready() for a in jax.tree_util.tree_leaves(outputs))

@@ -242,7 +242,10 @@ class Executor:
     def _jit(self, kind, batch_size: int, build: Callable):
         fn = self._compiled.get((kind, batch_size))
         if fn is None:
-            fn = self._compiled[(kind, batch_size)] = build(self.batch_sharding(batch_size))
+            fn = build(self.batch_sharding(batch_size))
+            if self.mesh.devices.size > 1 and self.mesh.devices.flat[0].platform == "cpu":
+                fn = _one_in_flight(fn)
+            self._compiled[(kind, batch_size)] = fn
         return fn
 
     def train_state_sharding(self) -> TrainState:
@@ -294,6 +297,23 @@ class Executor:
         if fn is None:
             fn = self._compiled["results"] = jax.jit(self._packed.results)
         return fn(mstate)
+
+
+def _one_in_flight(fn: Callable) -> Callable:
+    """``fn`` returning only once its program has run on every device.
+
+    XLA:CPU launches each device's part of a multi-device program as a separate task,
+    and under CPU contention a device can take the next program's launch before the
+    current one's. The current program's all-reduce then waits forever for that device
+    (XLA aborts with "only 7 of 8 arrived"). Waiting for each program before the next
+    one is dispatched rules this out. It is applied on CPU meshes of several devices
+    only: simulated devices, where host and devices share the same cores anyway."""
+    @functools.wraps(fn)
+    def run(*args):
+        out = fn(*args)
+        jax.block_until_ready(jax.tree_util.tree_leaves(out)[0])
+        return out
+    return run
 
 
 def _with_added_losses(loss, added: LossCollector):
