@@ -244,7 +244,7 @@ class Executor:
         if fn is None:
             fn = build(self.batch_sharding(batch_size))
             if self.mesh.devices.size > 1 and self.mesh.devices.flat[0].platform == "cpu":
-                fn = _one_in_flight(fn)
+                fn = _OneInFlight(fn)
             self._compiled[(kind, batch_size)] = fn
         return fn
 
@@ -299,8 +299,9 @@ class Executor:
         return fn(mstate)
 
 
-def _one_in_flight(fn: Callable) -> Callable:
-    """``fn`` returning only once its program has run on every device.
+class _OneInFlight:
+    """A compiled function that returns only once its program has run on every device
+    (``lower`` and the jit's other attributes pass through).
 
     XLA:CPU launches each device's part of a multi-device program as a separate task,
     and under CPU contention a device can take the next program's launch before the
@@ -308,12 +309,18 @@ def _one_in_flight(fn: Callable) -> Callable:
     (XLA aborts with "only 7 of 8 arrived"). Waiting for each program before the next
     one is dispatched rules this out. It is applied on CPU meshes of several devices
     only: simulated devices, where host and devices share the same cores anyway."""
-    @functools.wraps(fn)
-    def run(*args):
-        out = fn(*args)
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args):
+        out = self.fn(*args)
         jax.block_until_ready(jax.tree_util.tree_leaves(out)[0])
         return out
-    return run
+
+    def __getattr__(self, name):
+        return getattr(self.fn, name)
 
 
 def _with_added_losses(loss, added: LossCollector):
