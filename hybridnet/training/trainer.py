@@ -272,6 +272,14 @@ def _structured(model, batches):
             yield (*_structure(model, batch), 1)
 
 
+def _compiled_step(member, cache: dict, batch_size: int, steps: int):
+    """The member's compiled train step for this batch shape, compiled once per fit."""
+    fn = cache.get((batch_size, steps))
+    if fn is None:
+        fn = cache[(batch_size, steps)] = member.train_fn(batch_size, steps)
+    return fn
+
+
 def _global_batches(source, members, what):
     """Under several processes: each host batch (the same on every process) as global
     arrays; each process puts only the part its own devices hold."""
@@ -512,10 +520,9 @@ class Trainer:
                     hooks.on_train_batch_begin(step)
                 todo = runs.get((n, k))
                 if todo is None:
-                    todo = runs[(n, k)] = [
-                        (member, fns.get((n, k)) or fns.setdefault(
-                            (n, k), member.train_fn(n, k)))
-                        for member, fns in zip(members, compiled) if member in training]
+                    todo = runs[(n, k)] = [(member, _compiled_step(member, fns, n, k))
+                                           for member, fns in zip(members, compiled)
+                                           if member in training]
                 for member, fn in todo:
                     with critical:
                         member.state = fn(member.state, xb, yb, swb)
