@@ -38,8 +38,9 @@ def load_corpus(args):
     return text.embedded_corpus(args.train_size, args.test_size, seed=args.seed)
 
 
-def strategy_for(name: str, devices: int):
-    """``(strategy, builder overrides)`` for a ``--strategy`` name on ``devices`` devices."""
+def strategy_for(name: str, devices: int, batch_size: int = 64):
+    """``(strategy, builder overrides)`` for a ``--strategy`` name on ``devices`` devices
+    (Auto plans for ``batch_size``)."""
     from hybridnet.strategies import Auto, DataParallel, Hybrid, ModelParallel, Pipeline
 
     if name not in STRATEGIES:
@@ -53,7 +54,7 @@ def strategy_for(name: str, devices: int):
     if name == "hybrid":
         mesh = {"data": max(1, devices // 4), "model": 2, "pipe": 2}
         return Hybrid(mesh=mesh, microbatches=2), {"stages": 2, "vocab_parallel": True}
-    return Auto(microbatches=2), {}
+    return Auto(microbatches=2, batch_size=batch_size), {}
 
 
 def pad_rows(rows, width: int = 8):
@@ -114,7 +115,7 @@ def run(args) -> dict:
           f"{pairs.dropped_too_long} longer than {args.max_length} tokens dropped), "
           f"{len(test)} test pairs; vocabulary {tokenizer.vocab_size} pieces")
 
-    strategy, overrides = strategy_for(args.strategy, jax.device_count())
+    strategy, overrides = strategy_for(args.strategy, jax.device_count(), args.batch_size)
     # The vocabulary rounded up to a multiple of 8 (as NVIDIA's GNMT pads it), so a
     # vocabulary-sharded softmax divides over the `model` axis; the extra ids never occur.
     vocab = -(-tokenizer.vocab_size // 8) * 8

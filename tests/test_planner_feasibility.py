@@ -260,3 +260,23 @@ def test_plan_json_keeps_changes_and_batch_size():
     assert back.changes == plan.changes and back.batch_size == 12
     assert back.uneven_batch == "replicate"
     assert jax.device_count() == 8
+
+
+def test_auto_plans_for_its_batch_size_before_fit():
+    """``Auto(batch_size=)`` plans for that batch when the plan is asked for right after
+    compile (the GNMT example printed a plan made for the default 32 and then trained
+    with 64); a bad value names the argument."""
+    import pytest
+    from hybridnet import Input, Sequential, layers
+    from hybridnet.strategies import Auto
+
+    def planned(strategy):
+        model = Sequential([Input((16,)), layers.Dense(32), layers.Dense(4)])
+        model.compile("adam", "mse", strategy=strategy)
+        return model.plan
+
+    assert planned(Auto(batch_size=64)).batch_size == 64
+    assert "batch 64" in planned(Auto(batch_size=64)).summary()
+    assert "batch 32" in planned(Auto()).summary()
+    with pytest.raises(ValueError, match=r"Auto: `batch_size` must be a positive int"):
+        planned(Auto(batch_size=0))

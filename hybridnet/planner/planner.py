@@ -362,6 +362,12 @@ def make_plan(infos: Sequence[LayerInfo], strategy=None, devices=None, *,
 
     if isinstance(strategy, S.Auto):
         from hybridnet.planner import auto
+        if strategy.batch_size is not None:
+            if isinstance(strategy.batch_size, bool) or not isinstance(
+                    strategy.batch_size, int) or strategy.batch_size < 1:
+                raise ValueError(f"Auto: `batch_size` must be a positive int or None. "
+                                 f"Received: batch_size={strategy.batch_size!r}")
+            batch_size = strategy.batch_size
         plan = auto.auto_plan(infos, strategy, device_ids, batch_size, kind)
         unsharded = sorted(a for a in annotated if plan.layers[a].parallel != "model")
         if unsharded:

@@ -101,11 +101,19 @@ class Auto:
             None: the kind of ``devices``.
         memory_limit: bytes per device (None: the device kind's memory).
         microbatches: microbatches to use if the planner pipelines.
+        batch_size: the global batch to plan for. None: the batch size ``fit`` first
+            sees, or 32 when the plan is asked for before (``model.plan`` after
+            ``compile``).
+
+    Example:
+        >>> model.compile("adam", loss, strategy=Auto(batch_size=64))
+        >>> print(model.plan.summary())    # planned for the batch fit will get
     """
     devices: Sequence[Any] | None = None
     device_kind: str | None = None
     memory_limit: float | None = None
     microbatches: int = 8
+    batch_size: int | None = None
 
 
 Strategy = DataParallel | ModelParallel | Pipeline | Hybrid | Auto
