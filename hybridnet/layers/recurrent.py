@@ -81,10 +81,11 @@ def lstm_recurrence(xw, recurrent_kernel, h0, c0, mask=None, *, activation=jnp.t
 
 def _project_inside_steps() -> bool:
     """Where the LSTM's input projection runs: inside each step of the time loop on
-    XLA:CPU (as Keras does; measured 1.8x faster for a training step there, since the
-    whole-sequence projection's (T, B, 4U) buffer and its gradient go through the loop's
-    dynamic slices), as one matmul over all steps before the loop elsewhere (GPU, TPU:
-    one large matmul keeps the accelerator busy)."""
+    XLA:CPU, as Keras does: a two-layer training step (B64 T32 F128 U128) ran 1.45x
+    faster there than with the whole-sequence projection, whose (T, B, 4U) buffer and
+    gradient pass through the loop's dynamic slices. Elsewhere (GPU, TPU) it is one
+    matmul over all steps before the loop, since one large matmul keeps the accelerator
+    busy."""
     from hybridnet import kernels
     return kernels.current_backend() == "cpu"
 
