@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from jax.sharding import PartitionSpec
