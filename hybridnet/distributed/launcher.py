@@ -81,9 +81,9 @@ def launch(command: Sequence[str], num_processes: int, devices_per_process: int 
                 # A peer's death makes the others fail within moments too: name every
                 # failure seen, a death by signal (the cause) first.
                 time.sleep(0.5)
-                later = [(r, p.poll()) for r, p in enumerate(procs)]
-                failed += [(r, c) for r, c in later
-                           if c not in (None, 0) and r not in dict(failed)]
+                seen = {r for r, _ in failed}
+                failed += [(r, c) for r, c in enumerate(p.poll() for p in procs)
+                           if c not in (None, 0) and r not in seen]
                 failed.sort(key=lambda rc: rc[1] >= 0)
                 rank, status = failed[0]
                 said = "; ".join(f"process {r} failed ({_reason(c)})" for r, c in failed)

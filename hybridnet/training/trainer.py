@@ -272,14 +272,6 @@ def _structured(model, batches):
             yield (*_structure(model, batch), 1)
 
 
-def _compiled_step(member, cache: dict, batch_size: int, steps: int):
-    """The member's compiled train step for this batch shape, compiled once per fit."""
-    fn = cache.get((batch_size, steps))
-    if fn is None:
-        fn = cache[(batch_size, steps)] = member.train_fn(batch_size, steps)
-    return fn
-
-
 def _global_batches(source, members, what):
     """Under several processes: each host batch (the same on every process) as global
     arrays; each process puts only the part its own devices hold."""
@@ -506,7 +498,6 @@ class Trainer:
         spe = self.model.steps_per_execution
         critical = guard.critical
         step = skip
-        compiled = [{} for _ in members]
         training = members
         runs = {}  # (batch size, steps) -> [(member, compiled step)] of the members training
         try:
@@ -520,9 +511,7 @@ class Trainer:
                     hooks.on_train_batch_begin(step)
                 todo = runs.get((n, k))
                 if todo is None:
-                    todo = runs[(n, k)] = [(member, _compiled_step(member, fns, n, k))
-                                           for member, fns in zip(members, compiled)
-                                           if member in training]
+                    todo = runs[(n, k)] = [(m, m.train_fn(n, k)) for m in training]
                 for member, fn in todo:
                     with critical:
                         member.state = fn(member.state, xb, yb, swb)
