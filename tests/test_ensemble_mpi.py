@@ -187,17 +187,37 @@ def test_dead_rank_mpirun_abort_names_it(tmp_path):
 
 
 def test_dead_rank_watchdog_names_it(tmp_path):
-    """``mpirun --enable-recovery`` keeps the job alive after a rank dies: the survivors,
-    blocked in the mpi4jax all-gather, stop with hybridnet's error naming the rank."""
+    """``mpirun --enable-recovery`` keeps the job alive after a rank dies: each survivor,
+    blocked in the mpi4jax all-gather, stops with hybridnet's error naming the rank.
+
+    ``error-nonzero-status=false`` keeps the launcher from killing the job when the first
+    survivor exits with its error, so that every survivor's watchdog is seen acting on its
+    own (by default the first survivor's exit ends the others before they can print)."""
+    proc = _mpi(3, tmp_path, "--share", "all_gather", "--members", "3", "--die-rank", "1",
+                "--die-at", "3", "--die-in", "collective",
+                launcher=["--enable-recovery", "--runtime-options", "error-nonzero-status=false"])
+    rc, out = _finish(proc)
+    ended = time.time()
+    assert "rank 1: dying inside all_gather" in out, out[-3000:]
+    for survivor in (0, 2):
+        assert (f"hybridnet.distributed.mpi: rank 1 (pid" in out and
+                f"exited while rank {survivor} (pid" in out and
+                f"Stopping rank {survivor} (pid" in out), out[-3000:]
+    assert "all_gather of batch" in out
+    assert ", ok" not in out, out[-3000:]  # no rank finished its fit
+    assert ended - _died_at(tmp_path) < 60
+
+
+def test_dead_rank_watchdog_ends_the_job_under_default_recovery(tmp_path):
+    """With ``--enable-recovery`` alone, the first survivor's error exit ends the job: the
+    run fails (non-zero status) and names the dead rank."""
     proc = _mpi(3, tmp_path, "--share", "all_gather", "--members", "3", "--die-rank", "1",
                 "--die-at", "3", "--die-in", "collective", launcher=["--enable-recovery"])
     rc, out = _finish(proc)
     ended = time.time()
     assert rc != 0, out[-3000:]
-    for survivor in (0, 2):
-        assert ("hybridnet.distributed.mpi: rank 1 (pid" in out and
-                f"exited while rank {survivor} (pid" in out), out[-3000:]
-    assert "all_gather of batch" in out
+    assert "hybridnet.distributed.mpi: rank 1 (pid" in out and "exited while rank " in out, \
+        out[-3000:]
     assert ended - _died_at(tmp_path) < 60
 
 
