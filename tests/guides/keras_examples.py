@@ -8,6 +8,8 @@ import numpy as np
 import hybridnet as keras
 from hybridnet import layers
 
+keras.utils.set_random_seed(0)  # reproducible runs (the checks below are on training results)
+
 rng = np.random.default_rng(0)
 
 # --- Timeseries classification from scratch (examples/timeseries) -------------------

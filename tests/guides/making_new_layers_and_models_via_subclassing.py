@@ -6,6 +6,8 @@ import numpy as np
 import hybridnet as keras
 from hybridnet import ops
 
+keras.utils.set_random_seed(0)  # reproducible runs (the checks below are on training results)
+
 class Linear(keras.layers.Layer):
     def __init__(self, units=32, input_dim=32):
         super().__init__()

@@ -7,6 +7,8 @@ import hybridnet as keras
 from hybridnet import layers
 from hybridnet import ops
 
+keras.utils.set_random_seed(0)  # reproducible runs (the checks below are on training results)
+
 model = keras.Sequential([
     layers.Dense(2, activation="relu", name="layer1"),
     layers.Dense(3, activation="relu", name="layer2"),

@@ -5,6 +5,8 @@ import numpy as np
 
 import hybridnet as keras
 
+keras.utils.set_random_seed(0)  # reproducible runs (the checks below are on training results)
+
 
 def get_model():
     model = keras.Sequential()
