@@ -31,7 +31,8 @@ WORKERS = 2
 QUICK = {
     "overhead.py": ["--quick", "--steps-per-execution", "4"],
     "parallel.py": ["--quick"],
-    "plan_equivalence.py": ["--quick"],
+    # seq2seq's cells run in full in test_plan_equivalence.py
+    "plan_equivalence.py": ["--quick", "--families", "mlp_ln,resnet_bn"],
     "kernels.py": ["--quick"],
     "kernel_resources.py": ["--quick"],
     "tpu_compile.py": ["--quick"],
@@ -173,7 +174,7 @@ def test_parallel_quick(quick_runs):
 def test_plan_equivalence_quick(quick_runs):
     r, stderr = run_json(quick_runs, "plan_equivalence.py")
     assert r["benchmark"] == "plan_equivalence" and r["quick"] is True and r["devices"] == 8
-    assert set(r["matrix"]) == {"resnet_bn", "mlp_ln", "seq2seq"}
+    assert set(r["matrix"]) == {"resnet_bn", "mlp_ln"}
     for family, row in r["matrix"].items():
         assert list(row) == ["pipe2_m4_1f1b"], row
         assert finite(row["pipe2_m4_1f1b"], family) <= r["tolerance"], r["details"][family]
