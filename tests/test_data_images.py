@@ -289,6 +289,59 @@ def test_fit_trains_a_small_cnn_above_chance(folder):
     assert accuracy > 0.6, accuracy                                    # chance: 1/3
 
 
+def _pipeline_run(backup_dir=None, crash_at=None, save_freq=3, epochs=3):
+    """A model fit on a shuffled ImagePipeline (22 records, batches of 4: 6 per epoch),
+    with BackupAndRestore and a crash after ``crash_at`` batches when given."""
+    from hybridnet import Sequential, callbacks, layers, optimizers, strategies, utils
+    utils.set_random_seed(3)
+    pipeline = I.ImagePipeline(_indexed_source(), [I.RandomFlip()], batch_size=4, seed=7)
+    model = Sequential([layers.Input((4, 4, 3)), layers.Flatten(),
+                        layers.Dense(22, activation="softmax")])
+    model.compile(optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  strategy=strategies.DataParallel(devices=__import__("jax").devices()[:1]))
+    seen = []
+
+    class Record(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(pipeline.position)
+            if crash_at is not None and len(seen) == crash_at:
+                raise RuntimeError("simulated crash")
+    cbs = [Record()]
+    if backup_dir is not None:
+        cbs.insert(0, callbacks.BackupAndRestore(backup_dir, save_freq=save_freq))
+    model.fit(pipeline, epochs=epochs, verbose=0, callbacks=cbs)
+    return model, pipeline
+
+
+@pytest.mark.parametrize("save_freq, crash_at", [(3, 10), ("epoch", 9)])
+def test_backup_and_restore_resumes_the_image_pipeline_where_it_was(tmp_path, save_freq,
+                                                                    crash_at):
+    """A run killed mid-epoch and started again (a new pipeline at the stream's start)
+    continues the stream from the backup: the same weights as an uninterrupted run."""
+    want, whole = _pipeline_run()
+    assert whole.position == 18
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _pipeline_run(tmp_path / "b", crash_at=crash_at, save_freq=save_freq)
+    got, resumed = _pipeline_run(tmp_path / "b", save_freq=save_freq)
+    assert resumed.position == 18        # not 18 + the batches of the crashed run
+    for a, b in zip(got.get_weights(), want.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert got.iterations == 18
+
+
+def test_backup_of_another_image_pipeline_is_refused(tmp_path):
+    from hybridnet import callbacks
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _pipeline_run(tmp_path / "b", crash_at=4)
+    model, _ = _pipeline_run(epochs=0)
+    other = I.ImagePipeline(_indexed_source(), batch_size=2, seed=7)
+    with pytest.raises(ValueError, match=r"BackupAndRestore: the backup .* was taken on "
+                                         r"another ImagePipeline.*Expected batch_size=2. "
+                                         r"Received: batch_size=4"):
+        model.fit(other, epochs=3, verbose=0,
+                  callbacks=[callbacks.BackupAndRestore(tmp_path / "b", save_freq=3)])
+
+
 # -------------------------------------------------------------------------- bad input
 
 def test_bad_input_says_what_was_received(tmp_path, folder):

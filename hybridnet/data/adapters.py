@@ -366,6 +366,20 @@ class DataAdapter:
     def on_epoch_end(self) -> None:
         """Called by the trainer after every epoch."""
 
+    def stream_state(self) -> dict | None:
+        """Where a source that goes on from epoch to epoch (rather than replaying an
+        epoch from ``rng``) stands in its stream, as a JSON-able dict; ``BackupAndRestore``
+        stores it with each backup. ``None`` (the default) for sources an epoch replays
+        (arrays, ``PyDataset``) or that cannot be positioned (plain generators)."""
+        return None
+
+    def seek_stream(self, state: dict, skip: int, who: str) -> int:
+        """Moves the stream to ``state`` (from :meth:`stream_state`) plus ``skip`` batches,
+        for a resumed epoch. Returns how many batches are still to be read and dropped
+        (all ``skip`` of them where the source cannot be positioned). ``who`` names the
+        caller in errors."""
+        return skip
+
     def __repr__(self):
         return (f"{type(self).__name__}(num_batches={self.num_batches}, "
                 f"batch_size={self.batch_size}, num_samples={self.num_samples})")
@@ -795,6 +809,12 @@ class _ShardedAdapter(DataAdapter):
     @property
     def exhausted(self):
         return self._base.exhausted
+
+    def stream_state(self):
+        return self._base.stream_state()
+
+    def seek_stream(self, state, skip, who):
+        return self._base.seek_stream(state, skip, who)
 
     def batches(self, rng=None):
         return self._slices(self._base.batches(rng))

@@ -831,6 +831,7 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
         self._class_weight = (None if class_weight is None
                               else _clean_class_weight(class_weight, what))
         self.exhausted = False
+        self._resumed = 0
 
     shard_index = property(lambda self: self.pipeline.shard_index)
     shard_count = property(lambda self: self.pipeline.shard_count)
@@ -852,7 +853,8 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
         return self._epoch()
 
     def _epoch(self) -> Iterator[tuple]:
-        pipeline, wanted = self.pipeline, self.num_batches
+        pipeline, wanted = self.pipeline, self.num_batches - self._resumed
+        self._resumed = 0
         if self._what != "fit":
             pipeline._seek(-(-pipeline.position // pipeline.batches_per_epoch)
                            * pipeline.batches_per_epoch)
@@ -876,6 +878,31 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
         return ImagePipelineAdapter(self.pipeline.shard(index, count),
                                     steps_per_epoch=self._steps,
                                     class_weight=self._class_weight, what=self._what)
+
+    def stream_state(self) -> dict:
+        """The pipeline's position (global batches handed out, the same on every process)
+        and what it depends on, less the shard: a backup resumes under another process
+        count."""
+        state = self.pipeline.get_state()
+        state.pop("shard")
+        return state
+
+    def seek_stream(self, state, skip, who) -> int:
+        mine = self.stream_state()
+        for key, value in mine.items():
+            saved = state.get(key) if isinstance(state, dict) else None
+            if key != "position" and (list(saved) if isinstance(saved, (list, tuple))
+                                      else saved) != value:
+                raise ValueError(f"{who} was taken on another ImagePipeline: its position "
+                                 f"does not apply to this one. Expected {key}={value!r}. "
+                                 f"Received: {key}={saved!r}")
+        position = state.get("position") if isinstance(state, dict) else None
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"{who}: the stored pipeline position must be an int >= 0. "
+                             f"Received: {_describe(state)}")
+        self.pipeline._seek(position + int(skip))
+        self._resumed = int(skip)  # the next epoch gives only the rest of the batches
+        return 0
 
     def on_epoch_end(self) -> None:
         pipeline = self.pipeline

@@ -802,11 +802,13 @@ class BackupAndRestore(Callback):
 
     A backup is a checkpoint (``hybridnet.checkpoint``: sharded, asynchronous, atomic)
     of the whole TrainState (weights, optimizer state, metric accumulators, step, RNG)
-    and of the position in the data: the epoch, the batches done in it and the shuffle
-    stream's state when it began. Resuming replays that epoch's shuffle and skips the
-    batches done, so with arrays (or any re-iterable source) the resumed run ends with
-    the parameters of an uninterrupted one. A one-shot generator cannot be replayed: it
-    resumes at the right epoch and step with whatever the generator yields next.
+    and of the position in the data: the epoch, the batches done in it, the shuffle
+    stream's state when it began and, for a source that goes on from epoch to epoch (an
+    ``ImagePipeline``), its position then. Resuming replays that epoch's shuffle and
+    skips the batches done (an ``ImagePipeline`` is moved past them without reading
+    them), so with arrays, a ``PyDataset`` or an ``ImagePipeline`` the resumed run ends
+    with the parameters of an uninterrupted one. A one-shot generator cannot be
+    replayed: it resumes at the right epoch and step with whatever it yields next.
 
     Every process must use the callback (each writes its own shards). The model must be
     built before ``fit`` (as Keras requires). ``fit``'s ``initial_epoch`` is overridden
@@ -844,6 +846,7 @@ class BackupAndRestore(Callback):
         self._manager = None
         self._epoch = 0
         self._epoch_rng = None   # the shuffle stream's state when the epoch began
+        self._epoch_stream = None  # the data stream's position when the epoch began
         self._done = 0           # batches done in the running epoch
         self._since_save = 0     # batches since the last backup (int save_freq)
         self._pending = False    # a backup due on an epoch's last batch
@@ -877,12 +880,23 @@ class BackupAndRestore(Callback):
                              f"has no training position. Expected metadata 'position' "
                              f"with epoch, batch and shuffle. Received: {metadata!r}")
         model._shuffle_stream().bit_generator.state = _rng_from_json(position["shuffle"])
-        model._resume = (int(position["epoch"]), int(position["batch"]))
+        model._resume = (int(position["epoch"]), int(position["batch"]),
+                         position.get("stream"),
+                         f"BackupAndRestore: the backup in '{self._manager.directory}'")
         self._resumed_at = int(position["batch"])
+
+    def _stream(self):
+        """The fit's data stream position now (None for sources an epoch replays)."""
+        data = getattr(self.model, "_data_stream", None)
+        return None if data is None else data.stream_state()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_rng = _rng_to_json(self.model._shuffle_stream().bit_generator.state)
+        self._epoch_stream = self._stream()
+        if self._resumed_at and self._epoch_stream is not None:
+            # moved past the batches done: the epoch began that many batches before
+            self._epoch_stream["position"] -= self._resumed_at
         self._done, self._resumed_at = self._resumed_at, 0
 
     def on_train_batch_end(self, batch, logs=None):
@@ -896,17 +910,19 @@ class BackupAndRestore(Callback):
         if steps is not None and self._done >= steps:
             self._pending = True  # the epoch's end takes it, with the epoch's logs done
         else:
-            self._save(self._epoch, self._done, self._epoch_rng)
+            self._save(self._epoch, self._done, self._epoch_rng, self._epoch_stream)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.save_freq == "epoch" or self._pending:
-            # the next epoch's shuffle is drawn from the stream's state now
+            # the next epoch's shuffle is drawn from the stream's state now, and a
+            # continuing stream goes on from where this epoch left it
             self._save(epoch + 1, 0,
-                       _rng_to_json(self.model._shuffle_stream().bit_generator.state))
+                       _rng_to_json(self.model._shuffle_stream().bit_generator.state),
+                       self._stream())
 
-    def _save(self, epoch, batch, shuffle):
+    def _save(self, epoch, batch, shuffle, stream):
         self._manager.save(self.model, metadata={"position": {
-            "epoch": epoch, "batch": batch, "shuffle": shuffle}})
+            "epoch": epoch, "batch": batch, "shuffle": shuffle, "stream": stream}})
         self._since_save, self._pending = 0, False
 
     def on_train_end(self, logs=None):

@@ -285,15 +285,19 @@ def _global_batches(source, members, what):
         yield (*runner.put_batch((xs, y, sw), n, k), n, k)
 
 
-def _resume_point(model, initial_epoch: int) -> tuple[int, int]:
-    """``(epoch, batches to skip in it)`` where fit starts: ``initial_epoch``, or where
-    a callback's ``on_train_begin`` restored the model (``model._resume``, set by
-    ``BackupAndRestore``)."""
+def _resume_point(model, initial_epoch: int, data) -> tuple[int, int, int]:
+    """``(epoch, batches done in it, batches to read and drop)`` where fit starts:
+    ``initial_epoch``, or where a callback's ``on_train_begin`` restored the model
+    (``model._resume``, set by ``BackupAndRestore``: epoch, batches done, the data
+    stream's state at the epoch's start or None, and who restored it). A stream that can
+    be positioned is moved past the batches done instead of reading them again."""
     resume = getattr(model, "_resume", None)
     model._resume = None
     if resume is None:
-        return initial_epoch, 0
-    return int(resume[0]), int(resume[1])
+        return initial_epoch, 0, 0
+    epoch, done, stream, who = resume
+    drop = int(done) if stream is None else data.seek_stream(stream, int(done), who)
+    return int(epoch), int(done), drop
 
 
 class Trainer:
@@ -445,14 +449,23 @@ class Trainer:
             m.stop_training = False
             m._terminated_on_nan = False
         rng = model._shuffle_stream()
+        model._data_stream = data  # BackupAndRestore records its position
+        try:
+            return self._fit_epochs(model, data, val_data, validation_freq, rng, hooks,
+                                    cbs, history, initial_epoch, epochs)
+        finally:
+            model._data_stream = None
+
+    def _fit_epochs(self, model, data, val_data, validation_freq, rng, hooks, cbs, history,
+                    initial_epoch, epochs):
         hooks.on_train_begin()
-        initial_epoch, skip = _resume_point(model, initial_epoch)
+        initial_epoch, skip, drop = _resume_point(model, initial_epoch, data)
         epoch_logs: dict = {}
         with _InterruptGuard() as guard:
             for epoch in range(initial_epoch, epochs):
                 hooks.on_epoch_begin(epoch)
-                values = self._train_epoch(data, rng, hooks, guard, skip)
-                skip = 0
+                values = self._train_epoch(data, rng, hooks, guard, skip, drop)
+                skip = drop = 0
                 if values is None:
                     if epoch == initial_epoch:
                         raise ValueError("fit: the dataset produced no batches. Received an "
@@ -460,7 +473,7 @@ class Trainer:
                     warnings.warn(f"fit: the data ran out after {epoch - initial_epoch} "
                                   f"epochs; stopping. Pass a repeating iterable with "
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
-                                  f"epochs.", stacklevel=3)
+                                  f"epochs.", stacklevel=4)
                     break
                 val_values = None
                 if val_data is not None and (epoch + 1) % validation_freq == 0 and \
@@ -472,7 +485,7 @@ class Trainer:
                     warnings.warn(f"fit: the data ran out during epoch {epoch + 1}; "
                                   f"stopping. Pass a repeating iterable with "
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
-                                  f"epochs.", stacklevel=3)
+                                  f"epochs.", stacklevel=4)
                     break
                 if all(m.stop_training for m in self.models):
                     break
@@ -489,10 +502,12 @@ class Trainer:
         return self._adapter(validation_data, None, None, batch_size, steps, False,
                              "fit(validation_data)")
 
-    def _train_epoch(self, data, rng, hooks, guard, skip=0) -> list | None:
+    def _train_epoch(self, data, rng, hooks, guard, skip=0, drop=0) -> list | None:
         """One epoch; returns each model's metric values (device arrays), or None when
         the data gave no batch. A resumed epoch (``skip`` > 0) starts at batch ``skip``
-        and keeps the metric accumulators of the restored state."""
+        and keeps the metric accumulators of the restored state; its first ``drop``
+        batches are read and dropped (``skip`` of them, or none where the data was moved
+        past them)."""
         members = self._members()
         batch_callbacks = hooks.batch_callbacks
         spe = self.model.steps_per_execution
@@ -502,7 +517,7 @@ class Trainer:
         runs = {}  # (batch size, steps) -> [(member, compiled step)] of the members training
         try:
             for xb, yb, swb, n, k in self._batches(data, rng, "fit", members, spe, True,
-                                                   skip):
+                                                   drop):
                 if step == skip:
                     training = [m for m in members if m.active()]
                     for member in training if not skip else ():
