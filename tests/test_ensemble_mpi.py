@@ -200,7 +200,7 @@ def test_dead_rank_watchdog_names_it(tmp_path):
     ended = time.time()
     assert "rank 1: dying inside all_gather" in out, out[-3000:]
     for survivor in (0, 2):
-        assert (f"hybridnet.distributed.mpi: rank 1 (pid" in out and
+        assert ("hybridnet.distributed.mpi: rank 1 (pid" in out and
                 f"exited while rank {survivor} (pid" in out and
                 f"Stopping rank {survivor} (pid" in out), out[-3000:]
     assert "all_gather of batch" in out
