@@ -329,6 +329,22 @@ def test_backup_and_restore_resumes_the_image_pipeline_where_it_was(tmp_path, sa
     assert got.iterations == 18
 
 
+def test_stream_state_moves_across_process_counts():
+    """The position a backup stores counts global batches and leaves the shard out: taken
+    on process 1 of 2, it positions one process's pipeline at the same batch."""
+    make = lambda: I.ImagePipeline(_indexed_source(), batch_size=4, seed=7)  # noqa: E731
+    half = get_data_adapter(make()).shard(1, 2)
+    first = [_ids(x) for x, _, _ in half.batches()]
+    state = json.loads(json.dumps(half.stream_state()))
+    assert state["position"] == 6 and "shard" not in state
+    whole = get_data_adapter(make())
+    assert whole.seek_stream(state, 2, "test") == 0           # moved, nothing to drop
+    rest = [_ids(x) for x, _, _ in whole.batches()]
+    reference = [_ids(x) for x, _ in _take(make(), 12)]
+    assert rest == reference[8:12]                            # the epoch's 4 batches left
+    assert first == [b[len(b) // 2:] for b in reference[:6]]  # process 1: second halves
+
+
 def test_backup_of_another_image_pipeline_is_refused(tmp_path):
     from hybridnet import callbacks
     with pytest.raises(RuntimeError, match="simulated crash"):
