@@ -149,7 +149,19 @@ def test_check_batch_size_is_pure_arithmetic():
     assert not check_batch_size(6, 4, 4).ok
     last = check_batch_size(6, 4, 4, partial=True)
     assert last.ok and "runs as one" in last.changes[0] and "the last batch" in last.changes[1]
-    assert "padded to 8" in check_batch_size(6, 4, uneven="pad").changes[0]
+    assert "computes it whole (replicated, not split)" in check_batch_size(6, 4).changes[0]
+
+
+def test_a_plan_asking_for_padding_is_refused():
+    """Padding an uneven batch is not implemented: a plan (from JSON, say) that asks for
+    it is refused by name rather than warned about and then run replicated."""
+    plan = mlp().make_plan(DataParallel(), batch_size=16)
+    assert check_plan(plan, 12).ok  # 12 over 8 devices: replicated, with a change note
+    asked = type(plan).from_json(plan.to_json().replace('"replicate"', '"pad"'))
+    result = check_plan(asked, 12)
+    assert not result.ok
+    assert "`uneven_batch` must be 'replicate'" in result.errors[0]
+    assert "Received: uneven_batch='pad'" in result.errors[0]
 
 
 # ---------------------------------------------------------------- item 6: dependencies

@@ -100,8 +100,8 @@ def batch_split(plan: Plan, batch_size: int) -> int:
 
 
 def check_batch_size(batch_size: int, data_ways: int, microbatches: int = 1, *,
-                     partial: bool = False, what: str = "fit", axes: Sequence[str] = (),
-                     uneven: str = "replicate") -> Feasibility:
+                     partial: bool = False, what: str = "fit",
+                     axes: Sequence[str] = ()) -> Feasibility:
     """Whether a batch runs split over ``data_ways`` devices in ``microbatches`` equal
     microbatches.
 
@@ -113,8 +113,9 @@ def check_batch_size(batch_size: int, data_ways: int, microbatches: int = 1, *,
             must satisfy only changes how this one runs.
         what: the caller, for messages ("fit", "Pipeline", ...).
         axes: the mesh axes the batch is split over, for messages.
-        uneven: what runs when the batch does not divide: "replicate" (every device of a
-            stage computes it whole) or "pad" (padded with zero-weight samples).
+
+    A batch that does not divide runs replicated: every device of a stage computes it
+    whole.
 
     Returns:
         A :class:`Feasibility`.
@@ -147,12 +148,7 @@ def check_batch_size(batch_size: int, data_ways: int, microbatches: int = 1, *,
         f"a batch of {batch_size} samples"
     if m > 1:
         first += f" (microbatches of {per})"
-    if uneven == "pad":
-        size = -(-per // data_ways) * data_ways
-        result = f"it is padded to {size} per {'microbatch' if m > 1 else 'batch'} with " \
-                 f"zero-weight samples"
-    else:
-        result = "every device of a stage computes it whole (replicated, not split)"
+    result = "every device of a stage computes it whole (replicated, not split)"
     fix = "" if partial else f"; a batch size that is a multiple of {data_ways * m} is split"
     changes.append(f"{what}: {first} does not divide over the {data_ways} "
                    f"data-parallel devices{where}: {result}{fix}")
@@ -170,6 +166,12 @@ def check_plan(plan: Plan, batch_size: int | None = None,
         >>> check_plan(plan, 12, model.layer_infos()).raise_errors().changes
     """
     result = Feasibility()
+    uneven = getattr(plan, "uneven_batch", "replicate")
+    if uneven != "replicate":
+        result += Feasibility((f"{what}: the plan's `uneven_batch` must be 'replicate' (a "
+                               f"batch that does not divide runs whole on every device of "
+                               f"a stage; padding is not implemented). Received: "
+                               f"uneven_batch={uneven!r}",))
     if infos is not None and pipelined(plan):
         stage = {n: lp.stage for n, lp in plan.layers.items()}
         result += Feasibility(tuple(f"{what}: {e}" for e in stage_errors(infos, stage)))
@@ -179,8 +181,7 @@ def check_plan(plan: Plan, batch_size: int | None = None,
                                          f"Received: batch_size={batch_size}",))
         m = int(plan.microbatches or 1) if pipelined(plan) else 1
         result += check_batch_size(batch_size, plan.data_parallel_size, m, partial=partial,
-                                   what=what, axes=plan.batch_axes,
-                                   uneven=getattr(plan, "uneven_batch", "replicate"))
+                                   what=what, axes=plan.batch_axes)
     return result
 
 
