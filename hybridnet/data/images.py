@@ -742,18 +742,23 @@ class ImagePipeline:
     def set_state(self, state: dict) -> "ImagePipeline":
         """Continues from a position :meth:`get_state` returned (under any worker count),
         on a pipeline with the same source size, batch size, seed, shuffle and shard."""
+        return self._restore(state, self._fingerprint(), "ImagePipeline.set_state",
+                             ": the state is from a different pipeline")
+
+    def _restore(self, state, fingerprint: dict, who: str, differs: str,
+                 advance: int = 0) -> "ImagePipeline":
+        """Moves to ``state``'s position plus ``advance`` batches once every key of
+        ``fingerprint`` matches ``state``'s; errors start with ``who``."""
         if not isinstance(state, dict) or not isinstance(state.get("position"), int) or \
                 state["position"] < 0:
-            raise ValueError(f"ImagePipeline.set_state: `state` must be a dict from "
-                             f"get_state() with an int position >= 0. Received: "
-                             f"state={_describe(state)}")
-        for key, value in self._fingerprint().items():
+            raise ValueError(f"{who}: `state` must be a dict from get_state() with an int "
+                             f"position >= 0. Received: state={_describe(state)}")
+        for key, value in fingerprint.items():
             saved = state.get(key)
             if (list(saved) if isinstance(saved, (list, tuple)) else saved) != value:
-                raise ValueError(f"ImagePipeline.set_state: the state is from a different "
-                                 f"pipeline. Expected {key}={value!r}. Received: "
+                raise ValueError(f"{who}{differs}. Expected {key}={value!r}. Received: "
                                  f"{key}={saved!r}")
-        self._seek(state["position"])
+        self._seek(state["position"] + advance)
         return self
 
     def _seek(self, position: int) -> None:
@@ -888,19 +893,11 @@ class ImagePipelineAdapter(_BatchSourceAdapter):
         return state
 
     def seek_stream(self, state, skip, who) -> int:
-        mine = self.stream_state()
-        for key, value in mine.items():
-            saved = state.get(key) if isinstance(state, dict) else None
-            if key != "position" and (list(saved) if isinstance(saved, (list, tuple))
-                                      else saved) != value:
-                raise ValueError(f"{who} was taken on another ImagePipeline: its position "
-                                 f"does not apply to this one. Expected {key}={value!r}. "
-                                 f"Received: {key}={saved!r}")
-        position = state.get("position") if isinstance(state, dict) else None
-        if not isinstance(position, int) or position < 0:
-            raise ValueError(f"{who}: the stored pipeline position must be an int >= 0. "
-                             f"Received: {_describe(state)}")
-        self.pipeline._seek(position + int(skip))
+        fingerprint = self.pipeline._fingerprint()
+        fingerprint.pop("shard")
+        self.pipeline._restore(state, fingerprint, who, " was taken on another "
+                               "ImagePipeline: its position does not apply to this one",
+                               advance=int(skip))
         self._resumed = int(skip)  # the next epoch gives only the rest of the batches
         return 0
 

@@ -847,6 +847,7 @@ class BackupAndRestore(Callback):
         self._epoch = 0
         self._epoch_rng = None   # the shuffle stream's state when the epoch began
         self._epoch_stream = None  # the data stream's position when the epoch began
+        self._resumed_stream = None  # the restored backup's stream position
         self._done = 0           # batches done in the running epoch
         self._since_save = 0     # batches since the last backup (int save_freq)
         self._pending = False    # a backup due on an epoch's last batch
@@ -870,6 +871,7 @@ class BackupAndRestore(Callback):
         self._manager = CheckpointManager(self.backup_dir,
                                           max_to_keep=2 if self.double_checkpoint else 1)
         self._since_save, self._pending, self._resumed_at = 0, False, 0
+        self._resumed_stream = None
         if self._manager.latest_step() is None:
             return
         metadata = self._manager.restore(model)
@@ -884,6 +886,7 @@ class BackupAndRestore(Callback):
                          position.get("stream"),
                          f"BackupAndRestore: the backup in '{self._manager.directory}'")
         self._resumed_at = int(position["batch"])
+        self._resumed_stream = position.get("stream")
 
     def _stream(self):
         """The fit's data stream position now (None for sources an epoch replays)."""
@@ -893,11 +896,9 @@ class BackupAndRestore(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
         self._epoch_rng = _rng_to_json(self.model._shuffle_stream().bit_generator.state)
-        self._epoch_stream = self._stream()
-        if self._resumed_at and self._epoch_stream is not None:
-            # moved past the batches done: the epoch began that many batches before
-            self._epoch_stream["position"] -= self._resumed_at
-        self._done, self._resumed_at = self._resumed_at, 0
+        # a resumed epoch began where the backup says, before the batches done
+        self._epoch_stream = self._resumed_stream if self._resumed_at else self._stream()
+        self._done, self._resumed_at, self._resumed_stream = self._resumed_at, 0, None
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._uses_batch_hooks():

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
 import threading
@@ -285,6 +286,17 @@ def _global_batches(source, members, what):
         yield (*runner.put_batch((xs, y, sw), n, k), n, k)
 
 
+@contextlib.contextmanager
+def _shown_to_callbacks(model, data):
+    """``model._data_stream`` is the fit's adapter while the epochs run, so that
+    ``BackupAndRestore`` can record its position."""
+    model._data_stream = data
+    try:
+        yield
+    finally:
+        model._data_stream = None
+
+
 def _resume_point(model, initial_epoch: int, data) -> tuple[int, int, int]:
     """``(epoch, batches done in it, batches to read and drop)`` where fit starts:
     ``initial_epoch``, or where a callback's ``on_train_begin`` restored the model
@@ -449,19 +461,10 @@ class Trainer:
             m.stop_training = False
             m._terminated_on_nan = False
         rng = model._shuffle_stream()
-        model._data_stream = data  # BackupAndRestore records its position
-        try:
-            return self._fit_epochs(model, data, val_data, validation_freq, rng, hooks,
-                                    cbs, history, initial_epoch, epochs)
-        finally:
-            model._data_stream = None
-
-    def _fit_epochs(self, model, data, val_data, validation_freq, rng, hooks, cbs, history,
-                    initial_epoch, epochs):
         hooks.on_train_begin()
         initial_epoch, skip, drop = _resume_point(model, initial_epoch, data)
         epoch_logs: dict = {}
-        with _InterruptGuard() as guard:
+        with _InterruptGuard() as guard, _shown_to_callbacks(model, data):
             for epoch in range(initial_epoch, epochs):
                 hooks.on_epoch_begin(epoch)
                 values = self._train_epoch(data, rng, hooks, guard, skip, drop)
@@ -473,7 +476,7 @@ class Trainer:
                     warnings.warn(f"fit: the data ran out after {epoch - initial_epoch} "
                                   f"epochs; stopping. Pass a repeating iterable with "
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
-                                  f"epochs.", stacklevel=4)
+                                  f"epochs.", stacklevel=3)
                     break
                 val_values = None
                 if val_data is not None and (epoch + 1) % validation_freq == 0 and \
@@ -485,7 +488,7 @@ class Trainer:
                     warnings.warn(f"fit: the data ran out during epoch {epoch + 1}; "
                                   f"stopping. Pass a repeating iterable with "
                                   f"`steps_per_epoch` to train for {epochs - initial_epoch} "
-                                  f"epochs.", stacklevel=4)
+                                  f"epochs.", stacklevel=3)
                     break
                 if all(m.stop_training for m in self.models):
                     break
